@@ -1,0 +1,218 @@
+"""What every element format offers: value grid, quantize, encode to bit codes, decode.
+
+A subclass describes its format by two things: the value of every code (:meth:`code_values`, plain
+Python floats, the spec written as code) and a kernel that rounds a carrier tensor onto the grid
+(:meth:`_round_in_carrier`). Encoding and decoding are derived here from the code table, so they can
+never disagree with it.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import List, Optional, Tuple
+
+import torch
+
+from .carrier import Carrier, check_float_input
+from .rounding import check_rounding, uniform_noise
+
+
+class NumberFormat:
+    """Base class of :class:`FloatFormat`, :class:`IntFormat`, :class:`HiFloat8` and :class:`E8M0`.
+
+    Subclasses are frozen dataclasses; equal formats compare and hash equal.
+    """
+
+    #: Rounding used when ``quantize``/``encode`` get ``rounding=None``.
+    default_rounding: str = "even"
+
+    # ---- description, provided by subclasses -------------------------------------------------
+    @property
+    def bits(self) -> int:
+        """Width of one code in bits."""
+        raise NotImplementedError
+
+    @property
+    def signed(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def default_saturating(self) -> bool:
+        """Overflow policy used when ``saturating=None``."""
+        raise NotImplementedError
+
+    def _compute_code_values(self) -> Tuple[float, ...]:
+        """The value of every code ``0 .. 2^bits - 1`` (NaN and ±Inf where the format has them)."""
+        raise NotImplementedError
+
+    def _round_in_carrier(
+        self, x: torch.Tensor, carrier: Carrier, rounding: str, saturating: bool,
+        noise: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _carrier(self, dtype: torch.dtype) -> Carrier:
+        raise NotImplementedError
+
+    def nan_code(self, negative: torch.Tensor) -> torch.Tensor:
+        """Code written for NaN (``negative`` is the NaN's sign bit); formats without NaN raise."""
+        raise ValueError(f"{self.name} has no NaN encoding")
+
+    # ---- derived facts -----------------------------------------------------------------------
+    @functools.cached_property
+    def code_values(self) -> Tuple[float, ...]:
+        """The value of every code ``0 .. 2^bits - 1`` as Python floats (NaN, ±Inf included)."""
+        return tuple(float(v) for v in self._compute_code_values())
+
+    @property
+    def name(self) -> str:
+        return repr(self)
+
+    @functools.cached_property
+    def has_nan(self) -> bool:
+        return any(math.isnan(v) for v in self.code_values)
+
+    @functools.cached_property
+    def has_inf(self) -> bool:
+        return any(math.isinf(v) for v in self.code_values)
+
+    @functools.cached_property
+    def max_value(self) -> float:
+        """Largest finite value."""
+        return max(_finite(self.code_values))
+
+    @functools.cached_property
+    def min_value(self) -> float:
+        """Smallest (most negative) finite value."""
+        return min(_finite(self.code_values))
+
+    @functools.cached_property
+    def min_subnormal(self) -> float:
+        """Smallest positive value."""
+        return min(v for v in _finite(self.code_values) if v > 0)
+
+    @property
+    def min_normal(self) -> float:
+        """Smallest positive normal value (equals ``min_subnormal`` for formats without subnormals)."""
+        return self.min_subnormal
+
+    def values(self, device: Optional[torch.device] = None) -> torch.Tensor:
+        """Every finite representable value once, ascending, as float32 (±0 appear as one 0)."""
+        return torch.tensor(_finite_sorted(self.code_values), dtype=torch.float32, device=device)
+
+    # ---- public operations -------------------------------------------------------------------
+    def quantize(
+        self,
+        x: torch.Tensor,
+        rounding: Optional[str] = None,
+        saturating: Optional[bool] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Round ``x`` to representable values of this format; same shape and dtype as ``x``.
+
+        ``rounding`` is one of :data:`ROUNDING_MODES` (``None``: the format's default). With
+        ``saturating=True`` overflow and ±Inf map to ±max; with ``False`` overflow follows the
+        format (Inf where it has Inf, else NaN where it has NaN). NaN stays NaN. The result is exact:
+        every output element is a value of :meth:`values` (or NaN/±Inf).
+        """
+        check_float_input(x)
+        rounding, saturating = self._resolve(rounding, saturating)
+        carrier = self._carrier(x.dtype)
+        xc = x.to(carrier.dtype)
+        noise = uniform_noise(xc, generator) if rounding == "stochastic" else None
+        return self._round_in_carrier(xc, carrier, rounding, saturating, noise).to(x.dtype)
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        rounding: Optional[str] = None,
+        saturating: Optional[bool] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Quantize ``x`` and return the bit codes (``torch.uint8``; ``torch.int32`` above 8 bits)."""
+        check_float_input(x)
+        if not self.has_nan and not torch.compiler.is_compiling() and bool(torch.isnan(x).any()):
+            raise ValueError(f"cannot encode NaN: {self.name} has no NaN code")
+        rounding, saturating = self._resolve(rounding, saturating)
+        carrier = self._carrier(x.dtype)
+        xc = x.to(carrier.dtype)
+        noise = uniform_noise(xc, generator) if rounding == "stochastic" else None
+        q = self._round_in_carrier(xc, carrier, rounding, saturating, noise)
+        return self._codes_of(q).to(self.code_dtype)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """The float32 value of every code (integer tensor with values in ``[0, 2^bits)``)."""
+        if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype.is_complex \
+                or codes.dtype == torch.bool:
+            got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise TypeError(f"codes must be an integer tensor (e.g. torch.uint8), got {got}")
+        index = codes.to(torch.int64)
+        if not torch.compiler.is_compiling() and index.numel() > 0:
+            low, high = int(index.min()), int(index.max())
+            if low < 0 or high >= 2 ** self.bits:
+                raise ValueError(
+                    f"codes must lie in [0, {2 ** self.bits - 1}] for {self.name}; got values in [{low}, {high}]"
+                )
+        return _decode_table(self, codes.device)[index]
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.bits <= 8 else torch.int32
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _resolve(self, rounding: Optional[str], saturating: Optional[bool]) -> Tuple[str, bool]:
+        rounding = self.default_rounding if rounding is None else check_rounding(rounding)
+        if saturating is None:
+            saturating = self.default_saturating
+        elif not isinstance(saturating, bool):
+            raise TypeError(f"saturating must be True, False or None, got {saturating!r}")
+        return rounding, saturating
+
+    def _codes_of(self, q: torch.Tensor) -> torch.Tensor:
+        """Codes of already-quantized values ``q`` (every element on the grid, or NaN/±Inf)."""
+        magnitudes, magnitude_codes = _magnitude_table(self, q.device, q.dtype)
+        index = torch.searchsorted(magnitudes, q.abs().contiguous()).clamp(max=magnitudes.numel() - 1)
+        codes = magnitude_codes[index]
+        negative = torch.signbit(q)
+        if self.signed:
+            codes = torch.where(negative, codes | (1 << (self.bits - 1)), codes)
+        if self.has_inf:
+            codes = torch.where(torch.isinf(q), self._inf_codes(negative), codes)
+        if self.has_nan:
+            codes = torch.where(torch.isnan(q), self.nan_code(negative), codes)
+        return codes
+
+    def _inf_codes(self, negative: torch.Tensor) -> torch.Tensor:
+        values = self.code_values
+        positive = values.index(math.inf)
+        negative_code = values.index(-math.inf) if -math.inf in values else positive
+        return torch.where(negative, negative_code, positive)
+
+
+def _finite(values: Tuple[float, ...]) -> List[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def _finite_sorted(values: Tuple[float, ...]) -> List[float]:
+    return sorted(set(_finite(values)))
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_table(fmt: NumberFormat, device: torch.device) -> torch.Tensor:
+    return torch.tensor(fmt.code_values, dtype=torch.float32, device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def _magnitude_table(
+    fmt: NumberFormat, device: torch.device, dtype: torch.dtype
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Ascending finite magnitudes and, for each, the code of its non-negative representative."""
+    best = {}
+    for code, value in enumerate(fmt.code_values):
+        if math.isfinite(value) and (value > 0 or (value == 0 and math.copysign(1, value) > 0)):
+            best.setdefault(value, code)
+    magnitudes = sorted(best)
+    return (
+        torch.tensor(magnitudes, dtype=dtype, device=device),
+        torch.tensor([best[m] for m in magnitudes], dtype=torch.int64, device=device),
+    )

@@ -1,0 +1,78 @@
+"""Exact power-of-two arithmetic on the bits of the float that carries a computation.
+
+Format kernels compute in a *carrier* dtype: float32 for float16/bfloat16/float32 inputs (all exactly
+representable in float32), float64 for float64 inputs or formats whose range float32 cannot hold.
+Exponents are read from and powers of two written into the IEEE bit fields directly, which is exact
+and cheaper than ``log2``/``exp2``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FLOAT_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Carrier:
+    """An IEEE binary float dtype and its integer twin of the same width."""
+
+    dtype: torch.dtype
+    int_dtype: torch.dtype
+    mantissa_bits: int
+    exponent_bias: int
+
+    @property
+    def min_normal_exponent(self) -> int:
+        return 1 - self.exponent_bias
+
+    @property
+    def max_exponent(self) -> int:
+        return self.exponent_bias
+
+
+FLOAT32 = Carrier(torch.float32, torch.int32, 23, 127)
+FLOAT64 = Carrier(torch.float64, torch.int64, 52, 1023)
+
+
+def carrier_for(dtype: torch.dtype, exponent_low: int, exponent_high: int) -> Carrier:
+    """The carrier for inputs of ``dtype`` on a grid whose quanta span 2^exponent_low..2^exponent_high.
+
+    float32 is used unless the input is float64 or the grid needs powers of two that are not normal
+    float32 numbers (then ``2^-k`` would not be exact).
+    """
+    fits_float32 = (
+        FLOAT32.min_normal_exponent <= exponent_low
+        and exponent_high <= FLOAT32.max_exponent
+        and -exponent_low <= FLOAT32.max_exponent
+    )
+    if dtype == torch.float64 or not fits_float32:
+        return FLOAT64
+    return FLOAT32
+
+
+def check_float_input(x: torch.Tensor, argument: str = "x") -> None:
+    """Raise ``TypeError`` unless ``x`` is a floating-point tensor of a supported dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{argument} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_INPUT_DTYPES:
+        allowed = ", ".join(str(d) for d in FLOAT_INPUT_DTYPES)
+        raise TypeError(f"{argument} has dtype {x.dtype}; allowed dtypes: {allowed}")
+
+
+def floor_log2(magnitude: torch.Tensor, carrier: Carrier) -> torch.Tensor:
+    """``floor(log2(m))`` for normal carrier numbers, read from the exponent field.
+
+    Zeros and carrier subnormals give ``-bias`` (callers clamp to their own minimum exponent);
+    Inf and NaN give ``bias + 1``.
+    """
+    bits = magnitude.view(carrier.int_dtype)
+    field = (bits >> carrier.mantissa_bits) & (2 * carrier.exponent_bias + 1)
+    return field - carrier.exponent_bias
+
+
+def exp2_int(exponent: torch.Tensor, carrier: Carrier) -> torch.Tensor:
+    """``2^exponent`` for an integer tensor within the carrier's normal exponent range, exactly."""
+    field = (exponent + carrier.exponent_bias).to(carrier.int_dtype)
+    return (field << carrier.mantissa_bits).view(carrier.dtype)
