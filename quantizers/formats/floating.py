@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
@@ -49,7 +49,7 @@ class FloatFormat(NumberFormat):
     special: str = "ieee"
     signed: bool = True
     saturating: bool = True
-    label: Optional[str] = None
+    label: Optional[str] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _check_int("exponent_bits", self.exponent_bits, 1, 15)
@@ -153,11 +153,18 @@ class FloatFormat(NumberFormat):
         scaled = x * exp2_int(-step_exponent, carrier)
         ties_up = scaled.abs() >= 1 if self.mantissa_bits == 0 else None
         y = round_to_integer(scaled, rounding, noise, ties_up) * exp2_int(step_exponent, carrier)
-        return _finish(self, x, y, rounding, saturating)
+        single_zero = self.special == "fnuz" or not self.signed
+        return finish_rounding(self, x, y, rounding, saturating, single_zero)
 
 
-def _finish(fmt: FloatFormat, x: torch.Tensor, y: torch.Tensor, rounding: str, saturating: bool) -> torch.Tensor:
-    """Apply the overflow policy, the sign rules (one zero, unsigned) of ``fmt`` to rounded ``y``."""
+def finish_rounding(
+    fmt: NumberFormat, x: torch.Tensor, y: torch.Tensor, rounding: str, saturating: bool, single_zero: bool
+) -> torch.Tensor:
+    """Apply ``fmt``'s overflow policy and sign rules to ``y``, the grid-rounded ``x``.
+
+    Saturation clamps to ±max (±Inf included); otherwise see :func:`_overflow`. Unsigned formats
+    clamp negatives to 0, and formats with a single zero turn -0 into +0.
+    """
     max_value = fmt.max_value
     if saturating or not (fmt.has_inf or fmt.has_nan):
         y = y.clamp(-max_value, max_value)
@@ -165,8 +172,8 @@ def _finish(fmt: FloatFormat, x: torch.Tensor, y: torch.Tensor, rounding: str, s
         y = _overflow(y, x, max_value, fmt.has_inf, rounding)
     if not fmt.signed:
         y = y.clamp_min(0.0)
-    if not fmt.signed or fmt.special == "fnuz":
-        y = y + 0.0  # -0 + 0 = +0: formats with a single zero
+    if single_zero:
+        y = y + 0.0  # -0 + 0 = +0 under round-to-nearest
     return y
 
 

@@ -1,0 +1,1 @@
+"""qzoo layers: quantized nn.Modules built on :mod:`quantizers`."""

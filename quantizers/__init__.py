@@ -1,0 +1,21 @@
+"""qzoo numerics: number formats, scaling, observers, QuantTensors and quantizers.
+
+This package never imports :mod:`qlayers`.
+"""
+from .formats import (
+    E8M0,
+    NAMED_FORMATS,
+    ROUNDING_MODES,
+    SPECIAL_POLICIES,
+    FloatFormat,
+    HiFloat8,
+    IntFormat,
+    NumberFormat,
+    get_format,
+    known_format_names,
+)
+
+__all__ = [
+    "E8M0", "NAMED_FORMATS", "ROUNDING_MODES", "SPECIAL_POLICIES", "FloatFormat", "HiFloat8",
+    "IntFormat", "NumberFormat", "get_format", "known_format_names",
+]

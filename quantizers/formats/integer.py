@@ -1,0 +1,94 @@
+"""Integer formats: two's complement ``intN`` and unsigned ``uintN``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from .base import NumberFormat
+from .carrier import FLOAT32, FLOAT64, Carrier
+from .floating import _check_int
+from .rounding import round_to_integer
+
+
+@dataclass(frozen=True)
+class IntFormat(NumberFormat):
+    """``bits``-wide integers in ``[min_int, max_int]``.
+
+    - signed: ``[-2^(bits-1), 2^(bits-1) - 1]``; ``narrow=True`` drops the most negative code, giving
+      the symmetric ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]``.
+    - unsigned: ``[0, 2^bits - 1]`` (``narrow=True`` drops 0's partner at the top: ``2^bits - 2``).
+
+    ``quantize`` rounds (``"even"`` is ``torch.round``) and clamps; integers have no Inf or NaN, so
+    they always saturate, and NaN inputs stay NaN in ``quantize`` but cannot be encoded. Codes are the
+    two's complement bit pattern in the low ``bits`` bits (``int4`` -1 is ``0b1111``).
+
+    Example:
+        >>> IntFormat(bits=4).quantize(torch.tensor([-9.0, 2.5, 3.5, 7.6])).tolist()
+        [-8.0, 2.0, 4.0, 7.0]
+    """
+
+    bits: int = 8
+    signed: bool = True
+    narrow: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("bits", self.bits, 1, 16)
+        if not isinstance(self.signed, bool) or not isinstance(self.narrow, bool):
+            raise TypeError(f"signed and narrow must be bool, got signed={self.signed!r}, narrow={self.narrow!r}")
+        if self.signed and self.bits < 2:
+            raise ValueError("a signed IntFormat needs bits >= 2")
+
+    @property
+    def default_saturating(self) -> bool:
+        return True
+
+    @property
+    def name(self) -> str:
+        base = f"{'' if self.signed else 'u'}int{self.bits}"
+        return base + ("_narrow" if self.narrow else "")
+
+    @property
+    def min_int(self) -> int:
+        if self.signed:
+            return -(2 ** (self.bits - 1)) + int(self.narrow)
+        return 0
+
+    @property
+    def max_int(self) -> int:
+        if self.signed:
+            return 2 ** (self.bits - 1) - 1
+        return 2 ** self.bits - 1 - int(self.narrow)
+
+    @property
+    def max_value(self) -> float:
+        return float(self.max_int)
+
+    @property
+    def min_value(self) -> float:
+        return float(self.min_int)
+
+    @property
+    def min_subnormal(self) -> float:
+        return 1.0
+
+    def values(self, device: Optional[torch.device] = None) -> torch.Tensor:
+        return torch.arange(self.min_int, self.max_int + 1, dtype=torch.float32, device=device)
+
+    def _compute_code_values(self) -> Tuple[float, ...]:
+        """Two's complement meaning of every code (``narrow``'s unused code keeps its meaning)."""
+        half = 2 ** (self.bits - 1)
+        return tuple(float(c - 2 ** self.bits if self.signed and c >= half else c) for c in range(2 ** self.bits))
+
+    def _carrier(self, dtype: torch.dtype) -> Carrier:
+        return FLOAT64 if dtype == torch.float64 else FLOAT32
+
+    def _round_in_carrier(
+        self, x: torch.Tensor, carrier: Carrier, rounding: str, saturating: bool,
+        noise: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        return round_to_integer(x, rounding, noise).clamp(self.min_int, self.max_int)
+
+    def _codes_of(self, q: torch.Tensor) -> torch.Tensor:
+        return q.to(torch.int64) & (2 ** self.bits - 1)
