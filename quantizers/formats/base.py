@@ -1,6 +1,6 @@
 """What every element format offers: value grid, quantize, encode to bit codes, decode.
 
-A subclass describes its format by two things: the value of every code (:meth:`code_values`, plain
+A subclass describes its format by two things: the value of every code (:meth:`_compute_code_values`, plain
 Python floats, the spec written as code) and a kernel that rounds a carrier tensor onto the grid
 (:meth:`_round_in_carrier`). Encoding and decoding are derived here from the code table, so they can
 never disagree with it.
@@ -142,17 +142,8 @@ class NumberFormat:
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """The float32 value of every code (integer tensor with values in ``[0, 2^bits)``)."""
-        if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype.is_complex \
-                or codes.dtype == torch.bool:
-            got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
-            raise TypeError(f"codes must be an integer tensor (e.g. torch.uint8), got {got}")
+        check_codes(codes, self)
         index = codes.to(torch.int64)
-        if not torch.compiler.is_compiling() and index.numel() > 0:
-            low, high = int(index.min()), int(index.max())
-            if low < 0 or high >= 2 ** self.bits:
-                raise ValueError(
-                    f"codes must lie in [0, {2 ** self.bits - 1}] for {self.name}; got values in [{low}, {high}]"
-                )
         return _decode_table(self, codes.device)[index]
 
     @property
@@ -187,6 +178,21 @@ class NumberFormat:
         positive = values.index(math.inf)
         negative_code = values.index(-math.inf) if -math.inf in values else positive
         return torch.where(negative, negative_code, positive)
+
+
+def check_codes(codes: torch.Tensor, fmt: NumberFormat) -> None:
+    """Raise ``TypeError`` unless ``codes`` is an integer tensor, ``ValueError`` if a code is outside
+    ``[0, 2^bits)`` (the range check is skipped while compiling)."""
+    if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype.is_complex \
+            or codes.dtype == torch.bool:
+        got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise TypeError(f"codes must be an integer tensor (e.g. torch.uint8), got {got}")
+    if not torch.compiler.is_compiling() and codes.numel() > 0:
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= 2 ** fmt.bits:
+            raise ValueError(
+                f"codes must lie in [0, {2 ** fmt.bits - 1}] for {fmt.name}; got values in [{low}, {high}]"
+            )
 
 
 def _finite(values: Tuple[float, ...]) -> List[float]:

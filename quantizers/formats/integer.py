@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
-from .base import NumberFormat
+from .base import NumberFormat, check_codes
 from .carrier import FLOAT32, FLOAT64, Carrier
 from .floating import _check_int
 from .rounding import round_to_integer
@@ -34,7 +34,7 @@ class IntFormat(NumberFormat):
     narrow: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("bits", self.bits, 1, 16)
+        _check_int("bits", self.bits, 1, 32)
         if not isinstance(self.signed, bool) or not isinstance(self.narrow, bool):
             raise TypeError(f"signed and narrow must be bool, got signed={self.signed!r}, narrow={self.narrow!r}")
         if self.signed and self.bits < 2:
@@ -76,13 +76,29 @@ class IntFormat(NumberFormat):
     def values(self, device: Optional[torch.device] = None) -> torch.Tensor:
         return torch.arange(self.min_int, self.max_int + 1, dtype=torch.float32, device=device)
 
-    def _compute_code_values(self) -> Tuple[float, ...]:
-        """Two's complement meaning of every code (``narrow``'s unused code keeps its meaning)."""
-        half = 2 ** (self.bits - 1)
-        return tuple(float(c - 2 ** self.bits if self.signed and c >= half else c) for c in range(2 ** self.bits))
+    @property
+    def has_nan(self) -> bool:
+        return False
+
+    @property
+    def has_inf(self) -> bool:
+        return False
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.bits <= 8 else torch.int64 if self.bits > 16 else torch.int32
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Two's complement (or unsigned) value of each code, as float32 (float64 above 24 bits)."""
+        check_codes(codes, self)
+        value = codes.to(torch.int64)
+        if self.signed:
+            value = torch.where(value >= 2 ** (self.bits - 1), value - 2 ** self.bits, value)
+        return value.to(torch.float64 if self.bits > 24 else torch.float32)
 
     def _carrier(self, dtype: torch.dtype) -> Carrier:
-        return FLOAT64 if dtype == torch.float64 else FLOAT32
+        # float32 holds every integer up to 2^24 exactly; wider formats compute in float64.
+        return FLOAT64 if dtype == torch.float64 or self.bits > 24 else FLOAT32
 
     def _round_in_carrier(
         self, x: torch.Tensor, carrier: Carrier, rounding: str, saturating: bool,

@@ -1,0 +1,65 @@
+"""Fake quantization with straight-through gradients: the one formula every quantizer applies.
+
+    x_hat = (Q(clamp(x / s + z)) - z) * s
+
+``Q`` rounds onto the element format exactly (:meth:`NumberFormat.quantize`). Gradients:
+
+- to ``x``: straight through ``Q`` (identity) and zero where ``clamp`` saturates, as in Brevitas;
+- to ``s`` (when it requires grad, LSQ-style): ``Q(y) - y`` inside the range and the clamp bound
+  outside, which is exactly what differentiating the formula with a straight-through ``Q`` gives.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .formats import NumberFormat
+
+
+class _RoundToFormat(torch.autograd.Function):
+    """Exact rounding onto ``fmt`` forward, identity backward (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, y, fmt, rounding, saturating, generator):  # noqa: D401 - autograd signature
+        return fmt.quantize(y, rounding=rounding, saturating=saturating, generator=generator)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None, None
+
+
+def round_to_format_ste(
+    y: torch.Tensor, fmt: NumberFormat, rounding: Optional[str] = None,
+    saturating: Optional[bool] = None, generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """``fmt.quantize(y)`` whose gradient is the identity."""
+    if torch.is_grad_enabled() and y.requires_grad:
+        return _RoundToFormat.apply(y, fmt, rounding, saturating, generator)
+    return fmt.quantize(y, rounding=rounding, saturating=saturating, generator=generator)
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    fmt: NumberFormat,
+    zero_point: Optional[torch.Tensor] = None,
+    rounding: Optional[str] = None,
+    saturating: Optional[bool] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """``(Q(clamp(x / scale + zero_point)) - zero_point) * scale`` (see the module docstring).
+
+    ``scale`` and ``zero_point`` broadcast against ``x``. ``saturating=None`` uses the format's
+    default; a saturating format clamps to ``[min_value, max_value]`` first (zero gradient outside).
+    """
+    y = x / scale
+    if zero_point is not None:
+        y = y + zero_point
+    resolved = fmt.default_saturating if saturating is None else saturating
+    if resolved or not (fmt.has_inf or fmt.has_nan):
+        y = torch.clamp(y, fmt.min_value, fmt.max_value)
+    q = round_to_format_ste(y, fmt, rounding, saturating, generator)
+    if zero_point is not None:
+        q = q - zero_point
+    return q * scale

@@ -1,0 +1,96 @@
+"""Scale rules: from range statistics to ``(scale, zero_point)``.
+
+Every rule is a pure tensor function of the statistics (``amax`` or ``min``/``max``, already shaped
+to broadcast over the tensor) and returns the scale ``s`` and zero point ``z`` of the affine map
+
+    x_hat = (Q((x / s) + z) - z) * s
+
+where ``Q`` rounds to the element format. A statistic of 0 (an all-zero tensor, channel or group)
+gives scale 1 for integer and float rules, so nothing divides by zero and the zeros stay exact.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from ..formats import IntFormat, NumberFormat
+from ..formats.carrier import FLOAT64, exp2_int, floor_log2
+
+POWER_OF_TWO_ROUNDINGS = ("floor", "ceil", "round")
+
+
+def _nonzero(stat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.where(stat > 0, scale, torch.ones_like(scale))
+
+
+def int_symmetric_scale(amax: torch.Tensor, fmt: IntFormat) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric integer scale, zero point 0.
+
+    - narrow (``[-(2^(b-1)-1), 2^(b-1)-1]``, Brevitas ``Int8WeightPerTensorFloat``):
+      ``s = amax / (2^(b-1) - 1)``.
+    - full range (``[-2^(b-1), 2^(b-1)-1]``, coreai_opt "symmetric"): ``s = amax / (2^(b-1) - 0.5)``,
+      which spreads the range over the half-open ``[-128, 127]`` evenly.
+    - unsigned formats: ``s = amax / max_int``.
+    """
+    if not fmt.signed:
+        levels = float(fmt.max_int)
+    elif fmt.narrow:
+        levels = float(fmt.max_int)
+    else:
+        levels = fmt.max_int + 0.5
+    return _nonzero(amax, amax / levels), torch.zeros_like(amax)
+
+
+def int_asymmetric_scale(
+    min_value: torch.Tensor, max_value: torch.Tensor, fmt: IntFormat
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric integer scale with an integer zero point (the "ZP" formulation).
+
+    The range is widened to hold 0 (``min <= 0 <= max``) so zero is exact; then
+    ``s = (max - min) / (max_int - min_int)`` and ``z = clamp(round(min_int - min / s), min_int, max_int)``.
+    """
+    low, high = min_value.clamp_max(0), max_value.clamp_min(0)
+    scale = _nonzero(high - low, (high - low) / float(fmt.max_int - fmt.min_int))
+    zero_point = torch.round(fmt.min_int - low / scale).clamp(fmt.min_int, fmt.max_int)
+    return scale, zero_point
+
+
+def int_minval_scale(
+    min_value: torch.Tensor, max_value: torch.Tensor, fmt: IntFormat
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """coreai_opt's MINVAL formulation: ``x_hat = (q - min_int) * s + min`` with ``s`` as in
+    :func:`int_asymmetric_scale`. Written in the common affine form, ``z = min_int - min / s``,
+    which is not rounded: the minimum is exactly representable instead of zero.
+    """
+    low, high = min_value.clamp_max(0), max_value.clamp_min(0)
+    scale = _nonzero(high - low, (high - low) / float(fmt.max_int - fmt.min_int))
+    return scale, fmt.min_int - low / scale
+
+
+def float_scale(amax: torch.Tensor, fmt: NumberFormat) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Scale that maps ``amax`` onto the format's largest value: ``s = amax / fmt.max_value``."""
+    return _nonzero(amax, amax / fmt.max_value), torch.zeros_like(amax)
+
+
+def power_of_two(scale: torch.Tensor, rounding: str = "floor") -> torch.Tensor:
+    """Restrict a positive scale to a power of two: ``2^floor(log2 s)``, ``2^ceil(log2 s)`` or
+    ``2^round(log2 s)`` (ties, ``s = sqrt(2) * 2^k``, go up).
+
+    ``"floor"`` makes the grid finer (the largest values may saturate); ``"ceil"`` never saturates.
+    Brevitas's FixedPoint quantizers and sophgo-mq's ``pot_scale`` use this restriction. Exponents
+    are read from the float's bits, so exact powers of two are kept and no ``log2`` rounding can
+    pick the wrong binade.
+    """
+    if rounding not in POWER_OF_TWO_ROUNDINGS:
+        raise ValueError(
+            f"power-of-two rounding={rounding!r} is unknown; allowed values: {', '.join(POWER_OF_TWO_ROUNDINGS)}"
+        )
+    wide = scale.to(torch.float64)
+    exponent = floor_log2(wide, FLOAT64)
+    significand = wide * exp2_int(-exponent, FLOAT64)  # in [1, 2)
+    if rounding == "ceil":
+        exponent = exponent + (significand > 1).to(exponent.dtype)
+    elif rounding == "round":
+        exponent = exponent + (significand * significand >= 2).to(exponent.dtype)
+    return exp2_int(exponent, FLOAT64).to(scale.dtype)

@@ -1,0 +1,128 @@
+"""Scalers: a scale rule bound to its element format, from range statistics to scales.
+
+A scaler says which statistic it needs (``"absmax"`` or ``"minmax"``) and turns it into a
+:class:`Scales` (scale, zero point and, for two-level schemes, an outer per-tensor scale).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import torch
+
+from ..formats import FloatFormat, HiFloat8, IntFormat, NumberFormat, get_format
+from . import block_scales, rules
+
+Statistic = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Scales:
+    """``scale`` and optional ``zero_point`` (broadcastable to the quantized layout) and the optional
+    per-tensor ``outer_scale`` of two-level schemes (NVFP4): the effective scale is
+    ``scale * outer_scale``. ``scale_format`` names the format scales are stored in when packed."""
+
+    scale: torch.Tensor
+    zero_point: Optional[torch.Tensor] = None
+    outer_scale: Optional[torch.Tensor] = None
+    scale_format: Optional[NumberFormat] = None
+
+    @property
+    def effective_scale(self) -> torch.Tensor:
+        return self.scale if self.outer_scale is None else self.scale * self.outer_scale
+
+
+class Scaler:
+    """Base class: ``needs`` is ``"absmax"`` or ``"minmax"``; ``__call__(stat) -> Scales``."""
+
+    needs = "absmax"
+
+    def __call__(self, stat: Statistic) -> Scales:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class IntScaler(Scaler):
+    """Integer scales: symmetric (:func:`rules.int_symmetric_scale`) or asymmetric with an integer
+    zero point (``formulation="zp"``) or coreai_opt's MINVAL offset (``"minval"``); optionally
+    restricted to powers of two (``power_of_two`` = floor / ceil / round)."""
+
+    fmt: IntFormat
+    symmetric: bool = True
+    formulation: str = "zp"
+    power_of_two: Optional[str] = None
+
+    @property
+    def needs(self) -> str:  # type: ignore[override]
+        return "absmax" if self.symmetric else "minmax"
+
+    def __call__(self, stat: Statistic) -> Scales:
+        if self.symmetric:
+            scale, zero_point = rules.int_symmetric_scale(stat, self.fmt)
+            zero_point = None
+        elif self.formulation == "minval":
+            scale, zero_point = rules.int_minval_scale(*stat, self.fmt)
+        else:
+            scale, zero_point = rules.int_asymmetric_scale(*stat, self.fmt)
+        if self.power_of_two is not None:
+            scale = rules.power_of_two(scale, self.power_of_two)
+        return Scales(scale, zero_point)
+
+
+@dataclass(frozen=True)
+class FloatScaler(Scaler):
+    """``scale = amax / fmt.max_value``, optionally restricted to a power of two."""
+
+    fmt: NumberFormat
+    power_of_two: Optional[str] = None
+
+    def __call__(self, stat: Statistic) -> Scales:
+        scale, _ = rules.float_scale(stat, self.fmt)
+        if self.power_of_two is not None:
+            scale = rules.power_of_two(scale, self.power_of_two)
+        return Scales(scale)
+
+
+@dataclass(frozen=True)
+class UnitScaler(Scaler):
+    """No scaling: every scale is 1 (``Fp8e4m3Weight`` and friends)."""
+
+    def __call__(self, stat: Statistic) -> Scales:
+        return Scales(torch.ones_like(stat))
+
+
+@dataclass(frozen=True)
+class MXScaler(Scaler):
+    """OCP MX shared E8M0 scale (:func:`block_scales.mx_scale`).
+
+    For MXINT8 (an 8-bit narrow ``IntFormat``) the elements are ``k/64``: the shared scale ``X`` is
+    computed with ``emax_elem = 0`` and the integer grid's scale is ``X / 64``."""
+
+    fmt: NumberFormat
+    mode: str = "floor"
+
+    def __call__(self, stat: Statistic) -> Scales:
+        if isinstance(self.fmt, IntFormat):
+            fraction_bits = self.fmt.bits - 2  # MXINT8: 1 sign bit, 1 integer bit, 6 fraction bits
+            shared = block_scales.mx_scale(stat, 0, self.fmt.max_int / 2 ** fraction_bits, self.mode, fraction_bits)
+            return Scales(shared / 2 ** fraction_bits, scale_format=get_format("float8_e8m0fnu"))
+        shared = block_scales.mx_scale(
+            stat, block_scales.element_emax(self.fmt), self.fmt.max_value, self.mode,
+            getattr(self.fmt, "mantissa_bits", 0),
+        )
+        return Scales(shared, scale_format=get_format("float8_e8m0fnu"))
+
+
+@dataclass(frozen=True)
+class NVFP4Scaler(Scaler):
+    """NVFP4 two-level scale (:func:`block_scales.nvfp4_scales`)."""
+
+    fmt: NumberFormat
+
+    def __call__(self, stat: Statistic) -> Scales:
+        block_scale, tensor_scale = block_scales.nvfp4_scales(stat, stat.amax(), self.fmt.max_value)
+        return Scales(block_scale, outer_scale=tensor_scale, scale_format=get_format("float8_e4m3fn"))
+
+
+def is_float_format(fmt: NumberFormat) -> bool:
+    return isinstance(fmt, (FloatFormat, HiFloat8))

@@ -1,0 +1,57 @@
+"""Range statistics per scale: absolute maximum, min/max and percentiles.
+
+Each function reduces the layout of a :class:`~quantizers.scaling.granularity.Granularity` and
+returns tensors shaped to broadcast against it (0-d for per-tensor).
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+
+from .granularity import Granularity
+
+STATISTICS = ("absmax", "minmax", "percentile", "mse")
+
+
+def _flatten_reduced(x: torch.Tensor, granularity: Granularity) -> Tuple[torch.Tensor, Tuple[int, ...]]:
+    """The layout with reduced dims moved last and merged, and the keepdim shape of one statistic."""
+    layout = granularity.layout(x)
+    dims = granularity.reduce_dims(x)
+    kept = [d for d in range(layout.ndim) if d not in dims]
+    moved = layout.permute(*kept, *dims).reshape(*[layout.shape[d] for d in kept], -1)
+    if granularity.kind == "tensor":
+        shape: Tuple[int, ...] = ()
+    else:
+        shape = tuple(1 if d in dims else layout.shape[d] for d in range(layout.ndim))
+    return moved, shape
+
+
+def percentile(x: torch.Tensor, granularity: Granularity, q: float) -> torch.Tensor:
+    """The ``q``-th percentile (0 < q <= 100) of each granule of ``x``.
+
+    Uses the order statistic of rank ``k = floor(q/100 * n + 0.5)`` (at least 1), as Brevitas's
+    percentile statistic does; ``kthvalue`` handles tensors of any size.
+    """
+    if not 0 < q <= 100:
+        raise ValueError(f"percentile q={q!r} must lie in (0, 100]")
+    flat, shape = _flatten_reduced(x, granularity)
+    n = flat.shape[-1]
+    if n == 0:
+        return torch.zeros(shape, dtype=x.dtype, device=x.device)
+    k = min(max(1, int(math.floor(q / 100 * n + 0.5))), n)
+    return flat.kthvalue(k, dim=-1).values.reshape(shape)
+
+
+def abs_percentile(x: torch.Tensor, granularity: Granularity, q: float) -> torch.Tensor:
+    """``percentile(|x|, q)``: a clipped absolute maximum."""
+    return percentile(x.abs(), granularity, q)
+
+
+def min_max_percentile(
+    x: torch.Tensor, granularity: Granularity, q: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Percentiles ``100 - q`` and ``q``: a clipped (min, max)."""
+    low = percentile(x, granularity, 100 - q) if q < 100 else granularity.min_max(x)[0]
+    return low, percentile(x, granularity, q)
