@@ -26,3 +26,25 @@ __all__ = [
     "IntFormat", "NumberFormat", "get_format", "known_format_names",
     "pack_fp4", "unpack_fp4", "pack_int4", "unpack_int4", "pack_fp6", "unpack_fp6",
 ]
+from .api import quantize
+from .fake_quant import fake_quantize
+from .observers import EMAMinMaxObserver, GlobalMinMaxObserver, LastBatchObserver, MeanObserver, Observer
+from .scaling.granularity import Granularity
+from .tensor import (
+    FloatQuantTensor,
+    GroupwiseFloatQuantTensor,
+    GroupwiseIntQuantTensor,
+    IntQuantTensor,
+    PackedQuantTensor,
+    QuantTensor,
+)
+from .tensor_quantizer import TensorQuantizer
+from .zoo import *  # noqa: F401,F403  (Quantizer, describe, mixins, predefined quantizers)
+from .zoo import __all__ as _zoo_all
+
+__all__ += [
+    "quantize", "fake_quantize", "Granularity", "TensorQuantizer",
+    "Observer", "LastBatchObserver", "GlobalMinMaxObserver", "EMAMinMaxObserver", "MeanObserver",
+    "QuantTensor", "IntQuantTensor", "FloatQuantTensor", "GroupwiseIntQuantTensor",
+    "GroupwiseFloatQuantTensor", "PackedQuantTensor", *_zoo_all,
+]

@@ -58,6 +58,10 @@ class Observer(nn.Module):
         raise NotImplementedError
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A float checkpoint has no observer state: leave the observer uncalibrated instead of
+        # reporting missing keys. Buffers take the loaded shapes (they follow the first batch).
+        if not any(key.startswith(prefix) for key in state_dict):
+            return
         for name in ("low", "high"):
             key = prefix + name
             if key in state_dict:

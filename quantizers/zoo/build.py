@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Type
 import torch
 from dependencies import Injector, value
 
-from ..formats import FloatFormat, IntFormat, NumberFormat, get_format
+from ..formats import NAMED_FORMATS, FloatFormat, IntFormat, NumberFormat, get_format
 from ..observers import OBSERVERS, EMAMinMaxObserver
 from ..scaling.granularity import Granularity
 from ..scaling.scalers import FloatScaler, IntScaler, MXScaler, NVFP4Scaler, UnitScaler
@@ -59,11 +59,12 @@ def number_format(
     if standard not in FLOAT_STANDARDS:
         raise _allowed("float_standard", float_standard, FLOAT_STANDARDS)
     special, default_bias = _float_special(standard, exponent_bit_width, mantissa_bit_width)
-    return FloatFormat(
+    fmt = FloatFormat(
         exponent_bit_width, mantissa_bit_width,
         default_bias if exponent_bias is None else exponent_bias, special, signed=signed,
         saturating=True if saturating is None else saturating,
     )
+    return next((named for named in NAMED_FORMATS.values() if named == fmt), fmt)
 
 
 def _float_special(standard: str, exponent_bits: int, mantissa_bits: int):
