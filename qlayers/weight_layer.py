@@ -1,0 +1,130 @@
+"""Layers with a weight (and bias): the quantized weight, its eval-mode cache, the quantized bias
+and the forward template ``output_quant(op(input_quant(x), quant_weight(), quant_bias))``."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, Optional, Union
+
+import torch
+from torch import nn
+
+from quantizers import QuantTensor
+
+from .bias import BiasQuantizer, accumulator_scales
+from .quant_layer import MaybeQuant, QuantLayer, dequantize
+from .quant_args import Layout, QuantizerSpec
+from .run_quantizer import run_quantizer
+from .weight_cache import WeightCache
+
+
+class QuantWeightLayer(QuantLayer):
+    """Base of QuantLinear, QuantConv*, QuantConvTranspose* (and, weight only, QuantEmbedding).
+
+    Class attributes:
+        weight_layout: ``{"channel_axis", "group_dim"}`` of the weight (output channels, reduction axis).
+        act_layout: the same for the input and output activations.
+        cache_quant_weight: serve the quantized weight from a cache in eval mode (see
+            :mod:`qlayers.weight_cache`); set ``False`` on a layer or class to always recompute.
+        cache_checks_values: the cache also compares the weight's values with a copy, catching
+            writes through ``weight.data`` that leave no trace in the version counter; ``False``
+            saves that copy and trusts version counters alone.
+    """
+
+    quant_roles = ("weight", "bias", "input", "output")
+    weight_layout: ClassVar[Layout] = {"channel_axis": 0, "group_dim": 1}
+    act_layout: ClassVar[Layout] = {"channel_axis": -1, "group_dim": -1}
+    cache_quant_weight: bool = True
+    cache_checks_values: bool = True
+
+    def _init_weight_quantizers(
+        self,
+        weight_quant: QuantizerSpec,
+        bias_quant: QuantizerSpec,
+        input_quant: QuantizerSpec,
+        output_quant: QuantizerSpec,
+        return_quant_tensor: bool,
+        overrides: Dict[str, Any],
+    ) -> None:
+        specs = dict(weight=weight_quant, bias=bias_quant, input=input_quant, output=output_quant)
+        layouts = dict(
+            weight=self.weight_layout, bias={"channel_axis": 0, "group_dim": 0},
+            input=self.act_layout, output=self.act_layout,
+        )
+        self._init_quantizers({r: specs[r] for r in self.quant_roles}, overrides, layouts, return_quant_tensor)
+        self._weight_cache = WeightCache()
+
+    # ---- weight ------------------------------------------------------------------------------
+    def quant_weight(self) -> Optional[QuantTensor]:
+        """The quantized weight (``None`` when ``weight_quant`` is None).
+
+        In eval mode it is cached until the weight, the weight quantizer or the mode changes; it is
+        recomputed in training, under ``torch.compile`` and whenever autograd needs the weight's
+        gradient.
+        """
+        quantizer, weight = self.weight_quant, self.weight
+        if quantizer is None:
+            return None
+        if (
+            self.training
+            or not self.cache_quant_weight
+            or torch.compiler.is_compiling()
+            or (weight.requires_grad and torch.is_grad_enabled())
+        ):
+            return run_quantizer(quantizer, weight)
+        self._weight_cache.check_values = self.cache_checks_values
+        return self._weight_cache.get(weight, quantizer, lambda: run_quantizer(quantizer, weight))
+
+    def _weight_value(self, quant_weight: Optional[QuantTensor]) -> torch.Tensor:
+        return self.weight if quant_weight is None else quant_weight.value
+
+    # ---- bias --------------------------------------------------------------------------------
+    def bias_channels(self) -> Dict[str, int]:
+        """Keyword arguments of :func:`~qlayers.bias.accumulator_scales` for this layer's bias."""
+        return {"out_channels": self.bias.shape[0]}
+
+    def quant_bias(
+        self, quant_input: Optional[QuantTensor] = None, quant_weight: Optional[QuantTensor] = None
+    ) -> Union[torch.Tensor, QuantTensor, None]:
+        """The bias as the layer adds it: ``None`` without a bias, the float bias without
+        ``bias_quant``, else a QuantTensor (an ``IntQuantTensor`` at scale input scale x weight
+        scale for ``Int8Bias``/``Int16Bias``/``Int32Bias``).
+
+        ``quant_input`` is the quantized input (needed by input-scale bias quantizers);
+        ``quant_weight`` defaults to :meth:`quant_weight`.
+        """
+        bias, quantizer = self.bias, self.bias_quant
+        if bias is None or quantizer is None:
+            return bias
+        if not isinstance(quantizer, BiasQuantizer):
+            return run_quantizer(quantizer, bias)
+        if quant_weight is None:
+            quant_weight = self.quant_weight()
+        input_scale, weight_scale = accumulator_scales(type(self).__name__, quant_input, quant_weight, **self.bias_channels())
+        return quantizer(bias, input_scale, weight_scale)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, input: MaybeQuant, *args: Any, **kwargs: Any) -> MaybeQuant:
+        """``output_quant(op(x, w, b))`` with ``x`` the (quantized) input, ``w`` the quantized
+        weight and ``b`` the (quantized) bias; ``op`` is the float module's (F.linear, F.conv2d, ...)."""
+        x = self._quant_input(input)
+        quant_weight = self.quant_weight()
+        quant_input = x if isinstance(x, QuantTensor) else None
+        bias = self.quant_bias(quant_input, quant_weight)
+        y = self.quant_op(dequantize(x), self._weight_value(quant_weight), dequantize(bias), *args, **kwargs)
+        return self._quant_output(y, self.output_quant)
+
+    def quant_op(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The float module's operation on (dequantized) tensors; subclasses define it."""
+        raise NotImplementedError
+
+    # ---- cache invalidation ------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "QuantWeightLayer":
+        self._weight_cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._weight_cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._weight_cache.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
