@@ -8,11 +8,12 @@ module itself knows nothing about mixins.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
+from .compile import compiled
 from .fake_quant import fake_quantize
 from .formats import IntFormat, NumberFormat
 from .observers import Observer
@@ -30,6 +31,7 @@ from .tensor import (
 logger = logging.getLogger(__name__)
 
 RANGE_METHODS = ("max", "percentile", "mse")
+MSE_SAMPLE_SIZE = 65536
 
 
 class TensorQuantizer(nn.Module):
@@ -92,24 +94,31 @@ class TensorQuantizer(nn.Module):
             if self.scaler.needs == "absmax":
                 return abs_percentile(x, self.granularity, self.percentile)
             return min_max_percentile(x, self.granularity, self.percentile)
-        if self.scaler.needs == "absmax":
-            stat = self.granularity.amax(x)
-        else:
-            stat = self.granularity.min_max(x)
+        stat = _range_statistic(x, self.granularity, self.scaler.needs)
         if self.range_method == "mse":
             stat = self._mse_search(x, stat)
         return stat
 
     def _mse_search(self, x: torch.Tensor, stat: Statistic) -> Statistic:
-        """Per scale, the clipping ratio r (statistic * r) with the least squared error."""
+        """Per scale, the clipping ratio r (statistic * r) among ``mse_ratios`` with the least
+        squared quantization error.
+
+        A per-tensor search scores every candidate at once on an evenly strided sample of at most
+        ``MSE_SAMPLE_SIZE`` elements, so its cost does not grow with the tensor; finer
+        granularities score one candidate at a time on the whole tensor."""
+        ratios = self.mse_ratios.to(device=x.device)
+        if self.granularity.kind == "tensor":
+            sample = x.reshape(-1)
+            if sample.numel() > MSE_SAMPLE_SIZE:
+                sample = sample[:: sample.numel() // MSE_SAMPLE_SIZE].contiguous()
+            best = _best_per_tensor_ratio(sample, stat, ratios.to(sample.dtype), self.scaler, self.fmt, self.rounding, self.saturating)
+            return tuple(s * best for s in stat) if isinstance(stat, tuple) else stat * best
         layout = self.granularity.layout(x)
         dims = self.granularity.reduce_dims(x)
         best_error, best = None, stat
-        for ratio in self.mse_ratios.tolist():
+        for ratio in ratios.tolist():
             candidate = tuple(s * ratio for s in stat) if isinstance(stat, tuple) else stat * ratio
-            scales = self.scaler(candidate)
-            error = (self._fake_quantize(layout, scales) - layout).pow(2)
-            error = error.sum(dim=dims, keepdim=self.granularity.kind != "tensor") if dims else error
+            error = (self._fake_quantize(layout, self.scaler(candidate)) - layout).pow(2).sum(dim=dims, keepdim=True)
             if best_error is None:
                 best_error, best = error, candidate
                 continue
@@ -142,13 +151,14 @@ class TensorQuantizer(nn.Module):
 
     # ---- quantization ------------------------------------------------------------------------
     def _fake_quantize(self, layout: torch.Tensor, scales: Scales) -> torch.Tensor:
-        scale = scales.effective_scale.to(layout.dtype)
-        zero_point = None if scales.zero_point is None else scales.zero_point.to(layout.dtype)
-        return fake_quantize(layout, scale, self.fmt, zero_point, self.rounding, self.saturating)
+        return fake_quantize_layout(layout, scales, self.fmt, self.rounding, self.saturating)
 
     def forward(self, x: torch.Tensor) -> QuantTensor:
-        scales = self.scaler(self.observed_statistic(x))
-        value_ = self._fake_quantize(self.granularity.layout(x), scales)
+        if self.observer is None and self.range_method == "max" and self.rounding != "stochastic":
+            value_, scales = quantize_from_own_range(x, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating)
+        else:
+            scales = self.scaler(self.observed_statistic(x))
+            value_ = self._fake_quantize(self.granularity.layout(x), scales)
         return self._wrap(x, value_, scales)
 
     def _wrap(self, x: torch.Tensor, value_: torch.Tensor, scales: Scales) -> QuantTensor:
@@ -163,7 +173,63 @@ class TensorQuantizer(nn.Module):
                 group_dim=self.granularity.resolve_axis(x.ndim),
                 original_shape=x.shape,
                 outer_scale_=scales.outer_scale,
-                scale_format=scales.scale_format,
+                scale_format=self.scaler.scale_format,
             )
         cls = IntQuantTensor if integer else FloatQuantTensor
         return cls(**common)
+
+
+def fake_quantize_layout(
+    layout: torch.Tensor, scales: Scales, fmt: NumberFormat, rounding: Optional[str], saturating: Optional[bool]
+) -> torch.Tensor:
+    """Fake-quantize ``layout`` (the granularity's layout of a tensor) with ``scales``, fused."""
+    scale = scales.effective_scale.to(layout.dtype)
+    zero_point = None if scales.zero_point is None else scales.zero_point.to(layout.dtype)
+    if rounding == "stochastic":
+        return fake_quantize(layout, scale, fmt, zero_point, rounding, saturating)
+    return _fused_fake_quantize(layout, scale, fmt, zero_point, rounding, saturating)
+
+
+_fused_fake_quantize = compiled(fake_quantize)
+
+
+@compiled
+def _best_per_tensor_ratio(sample, stat, ratios, scaler, fmt, rounding, saturating):
+    """The ratio (0-d tensor) whose per-tensor candidate ``stat * ratio`` quantizes ``sample`` with
+    the least squared error; candidates are scored together (the first wins ties)."""
+    if isinstance(stat, tuple):
+        candidates = tuple(s * ratios for s in stat)
+    else:
+        candidates = stat * ratios
+    scales = scaler(candidates)
+    scale = scales.effective_scale[:, None].to(sample.dtype)
+    zero_point = None if scales.zero_point is None else scales.zero_point[:, None].to(sample.dtype)
+    quantized = fake_quantize(sample[None, :], scale, fmt, zero_point, rounding, saturating)
+    errors = (quantized - sample[None, :]).pow(2).sum(dim=1)
+    return ratios.gather(0, torch.argmin(errors).reshape(1)).reshape(())
+
+
+def range_statistic(x: torch.Tensor, granularity: Granularity, needs: str) -> Statistic:
+    """``granularity.amax(x)`` or ``granularity.min_max(x)``, as ``needs`` says."""
+    return granularity.amax(x) if needs == "absmax" else granularity.min_max(x)
+
+
+_range_statistic = compiled(range_statistic)
+
+
+@compiled
+def _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating):
+    stat = range_statistic(x.detach(), granularity, scaler.needs)
+    scales = scaler(stat)
+    value_ = fake_quantize_layout(granularity.layout(x), scales, fmt, rounding, saturating)
+    return value_, scales.scale, scales.zero_point, scales.outer_scale
+
+
+def quantize_from_own_range(
+    x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, scaler: Scaler,
+    rounding: Optional[str], saturating: Optional[bool],
+) -> Tuple[torch.Tensor, Scales]:
+    """Statistic, scales and fake quantization of a weight or dynamic activation in one fused
+    kernel (see :mod:`quantizers.compile`): ``(value_, scales)``."""
+    value_, scale, zero_point, outer_scale = _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating)
+    return value_, Scales(scale, zero_point, outer_scale)

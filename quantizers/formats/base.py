@@ -59,6 +59,12 @@ class NumberFormat:
         raise ValueError(f"{self.name} has no NaN encoding")
 
     # ---- derived facts -----------------------------------------------------------------------
+    def _precompute(self) -> None:
+        """Fill the cached facts now, so kernels never compute them inside a compiled region
+        (``functools.cached_property`` takes a lock there, which ``torch.compile`` cannot trace)."""
+        for name in ("code_values", "has_nan", "has_inf", "max_value", "min_value", "min_subnormal"):
+            getattr(self, name)
+
     @functools.cached_property
     def code_values(self) -> Tuple[float, ...]:
         """The value of every code ``0 .. 2^bits - 1`` as Python floats (NaN, ±Inf included)."""
@@ -138,13 +144,18 @@ class NumberFormat:
         xc = x.to(carrier.dtype)
         noise = uniform_noise(xc, generator) if rounding == "stochastic" else None
         q = self._round_in_carrier(xc, carrier, rounding, saturating, noise)
-        return self._codes_of(q).to(self.code_dtype)
+        return self._codes_of(q, negative_nan=torch.signbit(xc)).to(self.code_dtype)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """The float32 value of every code (integer tensor with values in ``[0, 2^bits)``)."""
         check_codes(codes, self)
         index = codes.to(torch.int64)
-        return _decode_table(self, codes.device)[index]
+        value = _decode_table(self, codes.device)[index]
+        if self.signed:
+            # -0 computed at run time: compiled graphs may fold a table's -0.0 into 0.0.
+            negative_zero = ((index >> (self.bits - 1)) & 1).bool() & (value == 0)
+            value = torch.where(negative_zero, -value.abs(), value)
+        return value
 
     @property
     def code_dtype(self) -> torch.dtype:
@@ -159,8 +170,11 @@ class NumberFormat:
             raise TypeError(f"saturating must be True, False or None, got {saturating!r}")
         return rounding, saturating
 
-    def _codes_of(self, q: torch.Tensor) -> torch.Tensor:
-        """Codes of already-quantized values ``q`` (every element on the grid, or NaN/±Inf)."""
+    def _codes_of(self, q: torch.Tensor, negative_nan: torch.Tensor) -> torch.Tensor:
+        """Codes of already-quantized values ``q`` (every element on the grid, or NaN/±Inf).
+
+        NaN codes take their sign from ``negative_nan`` (the input's sign bit, as ml_dtypes does):
+        the sign of a NaN produced by arithmetic is not reliable, least of all in compiled code."""
         magnitudes, magnitude_codes = _magnitude_table(self, q.device, q.dtype)
         index = torch.searchsorted(magnitudes, q.abs().contiguous()).clamp(max=magnitudes.numel() - 1)
         codes = magnitude_codes[index]
@@ -170,7 +184,7 @@ class NumberFormat:
         if self.has_inf:
             codes = torch.where(torch.isinf(q), self._inf_codes(negative), codes)
         if self.has_nan:
-            codes = torch.where(torch.isnan(q), self.nan_code(negative), codes)
+            codes = torch.where(torch.isnan(q), self.nan_code(negative_nan), codes)
         return codes
 
     def _inf_codes(self, negative: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,11 @@ class E8M0(NumberFormat):
 
     saturating: bool = True
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.saturating, bool):
+            raise TypeError(f"saturating must be a bool, got {self.saturating!r}")
+        self._precompute()
+
     @property
     def bits(self) -> int:
         return 8

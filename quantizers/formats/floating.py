@@ -69,6 +69,7 @@ class FloatFormat(NumberFormat):
             raise ValueError(f"FloatFormat supports at most 16 bits per code; got {self.bits}")
         if self.special == "ieee" and self.mantissa_bits == 0 and self.exponent_bits == 1:
             raise ValueError("an IEEE-style format with exponent_bits=1 and no mantissa has no finite normal")
+        self._precompute()
 
     # ---- description -------------------------------------------------------------------------
     @property

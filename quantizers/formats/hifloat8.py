@@ -51,6 +51,11 @@ class HiFloat8(NumberFormat):
     saturating: bool = True
     default_rounding = "away"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.saturating, bool):
+            raise TypeError(f"saturating must be a bool, got {self.saturating!r}")
+        self._precompute()
+
     @property
     def bits(self) -> int:
         return 8

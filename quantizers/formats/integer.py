@@ -77,6 +77,10 @@ class IntFormat(NumberFormat):
         return torch.arange(self.min_int, self.max_int + 1, dtype=torch.float32, device=device)
 
     @property
+    def code_values(self):  # type: ignore[override]
+        raise NotImplementedError("IntFormat has no code table: use decode() or values()")
+
+    @property
     def has_nan(self) -> bool:
         return False
 
@@ -106,5 +110,5 @@ class IntFormat(NumberFormat):
     ) -> torch.Tensor:
         return round_to_integer(x, rounding, noise).clamp(self.min_int, self.max_int)
 
-    def _codes_of(self, q: torch.Tensor) -> torch.Tensor:
+    def _codes_of(self, q: torch.Tensor, negative_nan: torch.Tensor) -> torch.Tensor:
         return q.to(torch.int64) & (2 ** self.bits - 1)

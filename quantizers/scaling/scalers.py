@@ -20,12 +20,11 @@ Statistic = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 class Scales:
     """``scale`` and optional ``zero_point`` (broadcastable to the quantized layout) and the optional
     per-tensor ``outer_scale`` of two-level schemes (NVFP4): the effective scale is
-    ``scale * outer_scale``. ``scale_format`` names the format scales are stored in when packed."""
+    ``scale * outer_scale``."""
 
     scale: torch.Tensor
     zero_point: Optional[torch.Tensor] = None
     outer_scale: Optional[torch.Tensor] = None
-    scale_format: Optional[NumberFormat] = None
 
     @property
     def effective_scale(self) -> torch.Tensor:
@@ -33,9 +32,11 @@ class Scales:
 
 
 class Scaler:
-    """Base class: ``needs`` is ``"absmax"`` or ``"minmax"``; ``__call__(stat) -> Scales``."""
+    """Base class: ``needs`` is ``"absmax"`` or ``"minmax"``; ``__call__(stat) -> Scales``;
+    ``scale_format`` is the format scales are stored in when packed (``None``: float32)."""
 
     needs = "absmax"
+    scale_format: Optional[NumberFormat] = None
 
     def __call__(self, stat: Statistic) -> Scales:
         raise NotImplementedError
@@ -101,16 +102,20 @@ class MXScaler(Scaler):
     fmt: NumberFormat
     mode: str = "floor"
 
+    @property
+    def scale_format(self) -> NumberFormat:  # type: ignore[override]
+        return get_format("float8_e8m0fnu")
+
     def __call__(self, stat: Statistic) -> Scales:
         if isinstance(self.fmt, IntFormat):
             fraction_bits = self.fmt.bits - 2  # MXINT8: 1 sign bit, 1 integer bit, 6 fraction bits
             shared = block_scales.mx_scale(stat, 0, self.fmt.max_int / 2 ** fraction_bits, self.mode, fraction_bits)
-            return Scales(shared / 2 ** fraction_bits, scale_format=get_format("float8_e8m0fnu"))
+            return Scales(shared / 2 ** fraction_bits)
         shared = block_scales.mx_scale(
             stat, block_scales.element_emax(self.fmt), self.fmt.max_value, self.mode,
             getattr(self.fmt, "mantissa_bits", 0),
         )
-        return Scales(shared, scale_format=get_format("float8_e8m0fnu"))
+        return Scales(shared)
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,13 @@ class NVFP4Scaler(Scaler):
 
     fmt: NumberFormat
 
+    @property
+    def scale_format(self) -> NumberFormat:  # type: ignore[override]
+        return get_format(block_scales.NVFP4_BLOCK_SCALE_FORMAT)
+
     def __call__(self, stat: Statistic) -> Scales:
         block_scale, tensor_scale = block_scales.nvfp4_scales(stat, stat.amax(), self.fmt.max_value)
-        return Scales(block_scale, outer_scale=tensor_scale, scale_format=get_format("float8_e4m3fn"))
+        return Scales(block_scale, outer_scale=tensor_scale)
 
 
 def is_float_format(fmt: NumberFormat) -> bool:
