@@ -23,7 +23,8 @@ from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Union
 
 import torch
 
-from ..formats import NumberFormat, get_format
+from ..formats import NumberFormat
+from .checks import as_format, check_broadcastable, check_tensor, storable
 
 AUX_FIELDS = ("scale_", "zero_point_", "outer_scale_")
 """Tensor fields broadcast against ``value_`` (``outer_scale_`` may be None)."""
@@ -133,38 +134,45 @@ class QuantTensor:
                 "GroupwiseIntQuantTensor or GroupwiseFloatQuantTensor"
             )
         self.fmt = self._check_fmt(fmt)
-        self.scale_format = None if scale_format is None else _as_format(scale_format, "scale_format")
-        _check_tensor("value_", value_, floating=True)
-        _check_tensor("scale_", scale_, floating=True)
-        if zero_point_ is None:
-            zero_point_ = torch.zeros((), dtype=scale_.dtype, device=scale_.device)
-        _check_tensor("zero_point_", zero_point_, floating=False)
+        self.scale_format = None if scale_format is None else as_format(scale_format, "scale_format")
+        check_tensor("value_", value_, floating=True)
+        check_tensor("scale_", scale_, floating=True)
+        if zero_point_ is not None:
+            check_tensor("zero_point_", zero_point_, floating=False)
         if outer_scale_ is not None:
-            _check_tensor("outer_scale_", outer_scale_, floating=True)
+            check_tensor("outer_scale_", outer_scale_, floating=True)
         self.value_ = value_
         self.scale_ = scale_
-        self.zero_point_ = zero_point_
+        self._zero_point = zero_point_  # None: symmetric (kept as None so layout ops stay static)
         self.outer_scale_ = outer_scale_
         self._check_layout()
 
     # ---- construction helpers ------------------------------------------------------------------
     def _check_fmt(self, fmt: Union[NumberFormat, str]) -> NumberFormat:
-        fmt = _as_format(fmt, "fmt")
+        fmt = as_format(fmt, "fmt")
         if not isinstance(fmt, self._element_formats):
             allowed = " or ".join(kind.__name__ for kind in self._element_formats)
             raise TypeError(f"{type(self).__name__} needs fmt of type {allowed}, got {fmt!r}")
         return fmt
 
     def _check_layout(self) -> None:
-        for name in AUX_FIELDS:
-            _check_broadcastable(name, getattr(self, name), self.value_.shape)
+        for name, tensor in self._aux().items():
+            check_broadcastable(name, tensor, self.value_.shape)
+
+    def _aux(self) -> Dict[str, Optional[torch.Tensor]]:
+        """The tensor fields broadcast against ``value_``, as stored (``zero_point_`` None if symmetric)."""
+        return {"scale_": self.scale_, "zero_point_": self._zero_point, "outer_scale_": self.outer_scale_}
 
     def _fields(self) -> Dict[str, Any]:
         """Constructor keyword arguments that rebuild this tensor."""
-        return {
-            "value_": self.value_, "scale_": self.scale_, "zero_point_": self.zero_point_, "fmt": self.fmt,
-            "outer_scale_": self.outer_scale_, "scale_format": self.scale_format,
-        }
+        return {"value_": self.value_, **self._aux(), "fmt": self.fmt, "scale_format": self.scale_format}
+
+    @property
+    def zero_point_(self) -> torch.Tensor:
+        """Zero point in the stored layout (a 0-d zero of ``scale_``'s dtype when symmetric)."""
+        if self._zero_point is None:
+            return torch.zeros((), dtype=self.scale_.dtype, device=self.scale_.device)
+        return self._zero_point
 
     def replace(self, **changes: Any) -> "QuantTensor":
         """A new QuantTensor of the same kind with some constructor fields replaced."""
@@ -200,6 +208,10 @@ class QuantTensor:
     def dequantize(self) -> torch.Tensor:
         """The dequantized tensor, same as :attr:`value`."""
         return self.value
+
+    def _unscaled_(self) -> torch.Tensor:
+        """``value_ / scale_eff`` (+ ``zero_point_`` for integers): the elements up to float rounding."""
+        raise NotImplementedError
 
     def _elements_(self) -> torch.Tensor:
         """Unscaled element values (integers or format values) in the stored layout, as floats."""
@@ -355,7 +367,7 @@ class QuantTensor:
     # ---- copying and pickling ----------------------------------------------------------------
     def __getstate__(self) -> Dict[str, Any]:
         # Non-leaf tensors (QAT graphs) cannot be pickled or deep-copied: store them detached.
-        return {key: _storable(item) for key, item in self.__dict__.items()}
+        return {key: storable(item) for key, item in self.__dict__.items()}
 
     def __copy__(self) -> "QuantTensor":
         new = object.__new__(type(self))
@@ -366,14 +378,14 @@ class QuantTensor:
         new = object.__new__(type(self))
         memo[id(self)] = new
         for key, item in self.__dict__.items():
-            new.__dict__[key] = copy.deepcopy(_storable(item), memo)
+            new.__dict__[key] = copy.deepcopy(storable(item), memo)
         return new
 
     # ---- display -----------------------------------------------------------------------------
     def _repr_fields(self) -> Dict[str, Any]:
         fields = {"shape": tuple(self.shape), "fmt": self.fmt.name, "scale_shape": tuple(self.scale_.shape)}
-        if self.zero_point_.numel() > 1:
-            fields["zero_point_shape"] = tuple(self.zero_point_.shape)
+        if self._zero_point is not None and self._zero_point.numel() > 1:
+            fields["zero_point_shape"] = tuple(self._zero_point.shape)
         if self.outer_scale_ is not None:
             fields["outer_scale_shape"] = tuple(self.outer_scale_.shape)
         if self.scale_format is not None:
@@ -385,41 +397,3 @@ class QuantTensor:
         body = ", ".join(f"{key}={value}" for key, value in self._repr_fields().items())
         grad = ", requires_grad=True" if self.requires_grad else ""
         return f"{type(self).__name__}({body}{grad})"
-
-
-# ---- validation helpers ------------------------------------------------------------------------
-def _as_format(fmt: Union[NumberFormat, str], argument: str) -> NumberFormat:
-    if isinstance(fmt, NumberFormat):
-        return fmt
-    if isinstance(fmt, (str, torch.dtype)):
-        return get_format(fmt)
-    raise TypeError(f"{argument} must be a NumberFormat or a format name, got {type(fmt).__name__}")
-
-
-def _check_tensor(argument: str, x: Any, floating: bool) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{argument} must be a torch.Tensor, got {type(x).__name__}")
-    if floating and not x.dtype.is_floating_point:
-        raise TypeError(f"{argument} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dtype.is_complex or x.dtype == torch.bool:
-        raise TypeError(f"{argument} must be a real tensor, got dtype {x.dtype}")
-
-
-def _check_broadcastable(argument: str, x: Optional[torch.Tensor], shape: torch.Size) -> None:
-    if x is None:
-        return
-    ok = x.dim() <= len(shape) and all(
-        size in (1, target) for size, target in zip(reversed(x.shape), reversed(shape))
-    )
-    if not ok:
-        raise ValueError(
-            f"{argument} of shape {tuple(x.shape)} does not broadcast to value_ of shape {tuple(shape)}; "
-            f"each of its dims must be 1 or equal value_'s (right-aligned), e.g. "
-            f"{tuple(1 for _ in shape)} per tensor"
-        )
-
-
-def _storable(item: Any) -> Any:
-    if isinstance(item, torch.Tensor) and not item.is_leaf:
-        return item.detach().requires_grad_(item.requires_grad)
-    return item

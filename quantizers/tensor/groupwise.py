@@ -39,8 +39,10 @@ class GroupwiseQuantTensor(QuantTensor):
         outer_scale_: Optional[torch.Tensor] = None,
         scale_format: Union[NumberFormat, str, None] = None,
     ) -> None:
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        if isinstance(group_size, bool) or not isinstance(group_size, int):
+            raise TypeError(f"group_size must be an int, got {group_size!r}")
+        if group_size < 1:
+            raise ValueError(f"group_size must be a positive int, got {group_size}")
         if not isinstance(original_shape, (tuple, list, torch.Size)) or not all(
             isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in original_shape
         ):

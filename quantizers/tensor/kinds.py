@@ -15,8 +15,11 @@ class _IntElements:
 
     _element_formats = (IntFormat,)
 
+    def _unscaled_(self) -> torch.Tensor:
+        return self._ratio_() + self.zero_point_.detach()
+
     def _elements_(self) -> torch.Tensor:
-        return torch.round(self._ratio_() + self.zero_point_.detach())
+        return torch.round(self._unscaled_())
 
     def int(self) -> torch.Tensor:
         """Integer values ``round(value / scale + zero_point)`` in the original shape, ``torch.int32``."""
@@ -42,13 +45,22 @@ class _FloatElements:
 
     _element_formats = (FloatFormat, HiFloat8)
 
+    def _unscaled_(self) -> torch.Tensor:
+        return self._ratio_()
+
     def _elements_(self) -> torch.Tensor:
         # value_ / scale is within an ulp of a format value; rounding to nearest snaps it back exactly.
-        return self.fmt.quantize(self._ratio_(), rounding="even", saturating=False)
+        return self.fmt.quantize(self._unscaled_(), rounding="even", saturating=False)
 
     def minifloat(self) -> torch.Tensor:
         """Unscaled element values ``value / scale`` in the original shape (exact format values)."""
         return self._ungroup(self._elements_())
+
+    def int(self, *args, **kwargs):
+        raise TypeError(
+            f"{type(self).__name__} holds minifloat elements, not integers: use minifloat() for the "
+            "element values, or value.int() to cast the dequantized tensor"
+        )
 
     @property
     def exponent_bit_width(self) -> Optional[int]:
@@ -103,6 +115,7 @@ class FloatQuantTensor(_FloatElements, QuantTensor):
     ``value = minifloat * scale``.
 
     Example:
+        >>> from quantizers.formats import get_format
         >>> fmt = get_format("float8_e4m3fn"); s = torch.tensor(2.0)
         >>> qt = FloatQuantTensor(value_=fmt.quantize(torch.tensor([0.3, 900.0]) / s) * s, scale_=s, fmt=fmt)
         >>> qt.minifloat().tolist()

@@ -99,16 +99,18 @@ class PackedQuantTensor:
         scale_ = self.scale
         if self.scale_codes_format is not None:
             scale_ = self.scale_codes_format.decode(self.scale.view(torch.uint8)).to(self.scale_dtype)
-        zero_point_ = self.zero_point
+        zero_point_, symmetric = self.zero_point, False
         if zero_point_ is None:
             zero_point_ = torch.zeros(self.zero_point_shape, dtype=self.zero_point_dtype, device=codes.device)
+            symmetric = self.zero_point_shape == () and self.zero_point_dtype == self.scale_dtype
         scale_eff = scale_ if self.outer_scale is None else scale_ * self.outer_scale
         if issubclass(cls, (IntQuantTensor, GroupwiseIntQuantTensor)):
             value_ = (elements - zero_point_) * scale_eff
         else:
             value_ = elements * scale_eff
         fields = dict(
-            value_=value_.to(self.value_dtype), scale_=scale_, zero_point_=zero_point_, fmt=self.fmt,
+            value_=value_.to(self.value_dtype), scale_=scale_, zero_point_=None if symmetric else zero_point_,
+            fmt=self.fmt,
             outer_scale_=self.outer_scale, scale_format=self.scale_format,
         )
         if self.group_size is not None:
@@ -134,7 +136,8 @@ def pack(qt: QuantTensor, packed_fp6: bool = False, check: bool = True) -> Packe
     if not isinstance(qt, QuantTensor):
         raise TypeError(f"pack needs a QuantTensor, got {type(qt).__name__}")
     fmt = qt.fmt
-    codes = fmt.encode(qt._elements_(), rounding="even", saturating=False)
+    # encode rounds to nearest, snapping value_ / scale (within an ulp of an element) onto it.
+    codes = fmt.encode(qt._unscaled_(), rounding="even", saturating=False)
     layout, stored = _pack_codes(codes, fmt, packed_fp6)
     scale_, scale_codes_format = qt.scale_.detach(), None
     if qt.scale_format is not None and qt.scale_format.bits <= 8:
