@@ -8,7 +8,7 @@ import inspect
 from typing import List, Type
 
 from . import predefined
-from .base import Quantizer
+from .base import Quantizer, QuantizerConfigError
 from .build import build_tensor_quantizer
 
 
@@ -40,8 +40,10 @@ def catalog_markdown() -> str:
         if quantizer.role == "bias":
             fmt, granularity = f"int{quantizer.bit_width}", "as the accumulator"
         else:
-            module = build_tensor_quantizer(quantizer)
-            fmt = module.fmt.name
+            try:
+                fmt = build_tensor_quantizer(quantizer).fmt.name
+            except QuantizerConfigError:
+                fmt = "any (add a format mixin)"
             granularity = quantizer.granularity + (f" ({quantizer.group_size})" if quantizer.group_size else "")
         source = "weight" if quantizer.role in ("weight", "bias") else ("static, " + quantizer.observer if quantizer.observer else "dynamic")
         rows.append(f"| `{quantizer.__name__}` | {quantizer.role} | {fmt} | {granularity} | {_scale_rule(quantizer)} | {source} |")
