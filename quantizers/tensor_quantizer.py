@@ -163,8 +163,8 @@ class TensorQuantizer(nn.Module):
 
     def _wrap(self, x: torch.Tensor, value_: torch.Tensor, scales: Scales) -> QuantTensor:
         integer = isinstance(self.fmt, IntFormat)
-        zero_point = scales.zero_point if scales.zero_point is not None else torch.zeros_like(scales.scale)
-        common = dict(value_=value_, scale_=scales.scale.to(value_.dtype), zero_point_=zero_point.to(value_.dtype), fmt=self.fmt)
+        zero_point = None if scales.zero_point is None else scales.zero_point.to(value_.dtype)
+        common = dict(value_=value_, scale_=scales.scale.to(value_.dtype), zero_point_=zero_point, fmt=self.fmt)
         if self.granularity.is_grouped:
             cls = GroupwiseIntQuantTensor if integer else GroupwiseFloatQuantTensor
             return cls(
