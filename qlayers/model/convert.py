@@ -1,0 +1,140 @@
+"""``quantize_model``: swap a float model's layers for quantized twins as a config says.
+
+Each ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d`` and ``nn.Embedding`` becomes
+its qlayers twin through ``from_float`` (same configuration, same ``nn.Parameter`` objects, so
+weights, tied weights, names and ``state_dict`` keys stay); ``nn.ReLU``, ``nn.Sigmoid``,
+``nn.Tanh`` and ``nn.Hardtanh`` become quantized activations when the config has an
+``activations`` section. Residual adds in ``forward`` (``a + b`` of two tensors) get a
+:class:`~qlayers.QuantEltwiseAdd` through torch.fx where inputs or outputs are quantized (see
+:mod:`qlayers.model.functional`).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Type, Union
+
+from torch import nn
+
+from ..activation import QuantHardTanh, QuantReLU, QuantSigmoid, QuantTanh
+from ..conv import (
+    QuantConv1d,
+    QuantConv2d,
+    QuantConv3d,
+    QuantConvTranspose1d,
+    QuantConvTranspose2d,
+    QuantConvTranspose3d,
+)
+from ..embedding import QuantEmbedding
+from ..linear import QuantLinear
+from ..quant_layer import QuantLayer
+from .config import QuantConfig, Section, skip_matches, validate_config
+from .control import configure_quantizers
+from .functional import quantize_functional_adds
+
+WEIGHT_LAYERS: Dict[Type[nn.Module], Type[QuantLayer]] = {
+    nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Conv3d: QuantConv3d,
+    nn.ConvTranspose1d: QuantConvTranspose1d, nn.ConvTranspose2d: QuantConvTranspose2d,
+    nn.ConvTranspose3d: QuantConvTranspose3d, nn.Embedding: QuantEmbedding,
+}
+"""Float layer type (exact) -> quantized twin; its weight, bias, input, output follow the config."""
+ACTIVATION_LAYERS: Dict[Type[nn.Module], Type[QuantLayer]] = {
+    nn.ReLU: QuantReLU, nn.Sigmoid: QuantSigmoid, nn.Tanh: QuantTanh, nn.Hardtanh: QuantHardTanh,
+}
+"""Float activation type (exact) -> quantized twin, swapped when the config has ``activations``."""
+
+
+def quantize_model(model: nn.Module, config: Union[Mapping[str, Any], QuantConfig, str], *, inplace: bool = False) -> nn.Module:
+    """The quantized version of ``model`` (a deep copy unless ``inplace=True``).
+
+    ``config`` is a dict, a :class:`~qlayers.model.config.QuantConfig` or a path to a YAML/JSON
+    file (see :mod:`qlayers.model.config`); it is validated before anything changes.
+
+    Example::
+
+        qmodel = qlayers.quantize_model(model, {
+            "weights": {"format": "int8", "granularity": "channel"},
+            "inputs": {"format": "int8"},
+            "skip_layers": ["lm_head"],
+            "layers": {"encoder.*.fc2": {"weights": {"format": "int4", "granularity": "group", "group_size": 32}}},
+        })
+
+    Static activation quantizers then need :func:`~qlayers.calibrate` (or QAT). Layers are
+    matched by exact type, so subclasses of ``nn.Linear`` with their own forward stay float;
+    ``nn.MultiheadAttention`` (which reads its projections' weights directly) is left as it is.
+    A module whose forward has residual adds becomes a ``torch.fx.GraphModule`` of the same class
+    name and children when an add is quantized (its Python attributes other than parameters,
+    buffers and submodules are not kept).
+    """
+    cfg = validate_config(config)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_model expects an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    twin = _quantized_twin(model, "", cfg)
+    if twin is not None:
+        return twin
+    _swap_children(model, "", cfg)
+    if cfg.functional_adds and cfg.quantizes_activations:
+        model = quantize_functional_adds(model, cfg)
+    _warn_unmatched(model, cfg)
+    return model
+
+
+def _swap_children(parent: nn.Module, prefix: str, cfg: QuantConfig) -> None:
+    for name, child in list(parent.named_children()):
+        full = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, QuantLayer) or isinstance(child, nn.MultiheadAttention) or cfg.is_skipped(full):
+            continue
+        twin = _quantized_twin(child, full, cfg)
+        if twin is not None:
+            setattr(parent, name, twin)
+        else:
+            _swap_children(child, full, cfg)
+
+
+def _quantized_twin(module: nn.Module, name: str, cfg: QuantConfig) -> Optional[QuantLayer]:
+    cls = WEIGHT_LAYERS.get(type(module)) or ACTIVATION_LAYERS.get(type(module))
+    if cls is None:
+        return None
+    roles = _roles(module, name, cfg)
+    if not roles or all(section is None for section in roles.values()):
+        return None
+    twin = cls.from_float(module, **{f"{role}_quant": section for role, section in roles.items()})
+    for pname, param in module.named_parameters(recurse=False):  # keep the very Parameter objects
+        setattr(twin, pname, param)
+    configure_quantizers(twin, roles)
+    return twin
+
+
+def _roles(module: nn.Module, name: str, cfg: QuantConfig) -> Optional[Dict[str, Section]]:
+    sections = cfg.for_layer(name)
+    if sections is None:
+        return None
+    if type(module) in ACTIVATION_LAYERS:
+        return {"act": sections["activations"]}
+    if isinstance(module, nn.Embedding):
+        return {"weight": sections["weights"]}
+    roles = {
+        "weight": sections["weights"], "input": sections["inputs"], "output": sections["outputs"],
+        "bias": sections["bias"] if module.bias is not None else None,
+    }
+    bias = roles["bias"]
+    if bias is not None and bias.requires_input_scale and roles["input"] is None:
+        raise ValueError(
+            f"layer {name!r}: bias={bias.__name__} uses scale = input scale x weight scale, but its "
+            "input is not quantized (inputs is None for this layer); quantize its inputs or give the "
+            "bias its own scale"
+        )
+    return roles
+
+
+def _warn_unmatched(model: nn.Module, cfg: QuantConfig) -> None:
+    names = [name for name, _ in model.named_modules() if name]
+    unmatched: List[str] = [f"layers[{r.pattern!r}]" for r in cfg.rules if not any(r.matches(n) for n in names)]
+    unmatched += [f"skip_layers entry {p!r}" for p in cfg.skip_layers if not any(skip_matches(p, n) for n in names)]
+    if unmatched:
+        warnings.warn(
+            f"quantize_model: {', '.join(unmatched)} matched no module of {type(model).__name__}; "
+            "check the names with [n for n, _ in model.named_modules()]", UserWarning, stacklevel=3,
+        )
