@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Type, Union
 
 from torch import nn
 
@@ -75,9 +75,10 @@ def quantize_model(model: nn.Module, config: Union[Mapping[str, Any], QuantConfi
     if twin is not None:
         return twin
     _swap_children(model, "", cfg)
+    adds: Set[str] = set()
     if cfg.functional_adds and cfg.quantizes_activations:
-        model = quantize_functional_adds(model, cfg)
-    _warn_unmatched(model, cfg)
+        model = quantize_functional_adds(model, cfg, adds)
+    _warn_unmatched(model, cfg, adds)
     return model
 
 
@@ -129,8 +130,8 @@ def _roles(module: nn.Module, name: str, cfg: QuantConfig) -> Optional[Dict[str,
     return roles
 
 
-def _warn_unmatched(model: nn.Module, cfg: QuantConfig) -> None:
-    names = [name for name, _ in model.named_modules() if name]
+def _warn_unmatched(model: nn.Module, cfg: QuantConfig, extra_names: Set[str]) -> None:
+    names = [name for name, _ in model.named_modules() if name] + sorted(extra_names)
     unmatched: List[str] = [f"layers[{r.pattern!r}]" for r in cfg.rules if not any(r.matches(n) for n in names)]
     unmatched += [f"skip_layers entry {p!r}" for p in cfg.skip_layers if not any(skip_matches(p, n) for n in names)]
     if unmatched:

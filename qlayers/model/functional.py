@@ -39,12 +39,13 @@ class _ChildrenAsLeaves(fx.Tracer):
         return m is not self._root
 
 
-def quantize_functional_adds(model: nn.Module, cfg: QuantConfig) -> nn.Module:
-    """``model`` with its quantizable residual adds replaced (see the module docstring).
+def quantize_functional_adds(model: nn.Module, cfg: QuantConfig, seen: Optional[Set[str]] = None) -> nn.Module:
+    """``model`` with its quantizable residual adds replaced (see the module docstring); the
+    names of all adds found (quantized or not) are added to ``seen``.
 
     Warns once, naming the first module class that could not be traced and the fx error."""
     failures: List[Tuple[str, str, BaseException]] = []
-    model = _visit(model, "", cfg, failures)
+    model = _visit(model, "", cfg, (failures, set() if seen is None else seen))
     if failures:
         name, cls, error = failures[0]
         where = f" at {name!r}" if name else ""
@@ -59,19 +60,20 @@ def quantize_functional_adds(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     return model
 
 
-def _visit(module: nn.Module, name: str, cfg: QuantConfig, failures: list) -> nn.Module:
+def _visit(module: nn.Module, name: str, cfg: QuantConfig, log: tuple) -> nn.Module:
     if isinstance(module, QuantLayer) or (name and cfg.is_skipped(name)) or isinstance(module, nn.MultiheadAttention):
         return module
     for child_name, child in list(module.named_children()):
-        new = _visit(child, f"{name}.{child_name}" if name else child_name, cfg, failures)
+        new = _visit(child, f"{name}.{child_name}" if name else child_name, cfg, log)
         if new is not child:
             setattr(module, child_name, new)
     if type(module).__module__.startswith("torch.") and not isinstance(module, fx.GraphModule):
         return module  # nn containers and built-in layers have no residual adds of their own
-    return _rewrite_adds(module, name, cfg, failures) or module
+    return _rewrite_adds(module, name, cfg, log) or module
 
 
-def _rewrite_adds(module: nn.Module, name: str, cfg: QuantConfig, failures: list) -> Optional[fx.GraphModule]:
+def _rewrite_adds(module: nn.Module, name: str, cfg: QuantConfig, log: tuple) -> Optional[fx.GraphModule]:
+    failures, seen = log
     try:
         graph = _ChildrenAsLeaves(module).trace(module)
     except Exception as error:  # any tracing failure: keep the module's own forward
@@ -87,6 +89,7 @@ def _rewrite_adds(module: nn.Module, name: str, cfg: QuantConfig, failures: list
     taken: Set[str] = set(dict(module.named_children())) | set(dict(module.named_parameters(recurse=False)))
     for node in adds:
         local = _unique(f"eltwise_{node.name}", taken)
+        seen.add(f"{name}.{local}" if name else local)
         sections = cfg.for_layer(f"{name}.{local}" if name else local)
         if sections is None or (sections["inputs"] is None and sections["outputs"] is None):
             continue
