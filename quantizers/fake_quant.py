@@ -47,13 +47,17 @@ def fake_quantize(
     rounding: Optional[str] = None,
     saturating: Optional[bool] = None,
     generator: Optional[torch.Generator] = None,
+    offset: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``(Q(clamp(x / scale + zero_point)) - zero_point) * scale`` (see the module docstring).
 
     ``scale`` and ``zero_point`` broadcast against ``x``. ``saturating=None`` uses the format's
     default; a saturating format clamps to ``[min_value, max_value]`` first (zero gradient outside).
+    With a float ``offset`` (coreai_opt's MINVAL formulation, ``offset = min``) the map is
+    ``(Q(clamp((x - offset) / scale + zero_point)) - zero_point) * scale + offset``, so the code
+    ``zero_point`` dequantizes to ``offset`` exactly.
     """
-    y = x / scale
+    y = (x if offset is None else x - offset) / scale
     if zero_point is not None:
         y = y + zero_point
     resolved = fmt.default_saturating if saturating is None else saturating
@@ -62,4 +66,4 @@ def fake_quantize(
     q = round_to_format_ste(y, fmt, rounding, saturating, generator)
     if zero_point is not None:
         q = q - zero_point
-    return q * scale
+    return q * scale if offset is None else q * scale + offset

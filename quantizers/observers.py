@@ -43,8 +43,10 @@ class Observer(nn.Module):
             if not self.is_initialized:
                 new_low, new_high = low, high
             else:
-                new_low, new_high = self._combine(self.low, low), self._combine(self.high, high, upper=True)
-            self.low = new_low.detach().clone() if low is not None else self.low
+                new_low = None if low is None else self._combine(self.low, low)
+                new_high = self._combine(self.high, high, upper=True)
+            if new_low is not None:
+                self.low = new_low.detach().clone()
             self.high = new_high.detach().clone()
             self.initialized.fill_(True)
 

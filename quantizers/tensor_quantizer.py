@@ -154,17 +154,25 @@ class TensorQuantizer(nn.Module):
         return fake_quantize_layout(layout, scales, self.fmt, self.rounding, self.saturating)
 
     def forward(self, x: torch.Tensor) -> QuantTensor:
+        # float16 cannot hold scales such as 2^-127 (MX) or amax * 2^16 (HiF8 search): compute in
+        # float32 and return float16 values.
+        if x.dtype == torch.float16:
+            half_input, x = x, x.float()
+        else:
+            half_input = None
         if self.observer is None and self.range_method == "max" and self.rounding != "stochastic":
             value_, scales = quantize_from_own_range(x, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating)
         else:
             scales = self.scaler(self.observed_statistic(x))
             value_ = self._fake_quantize(self.granularity.layout(x), scales)
+        if half_input is not None:
+            value_ = value_.to(half_input.dtype)
         return self._wrap(x, value_, scales)
 
     def _wrap(self, x: torch.Tensor, value_: torch.Tensor, scales: Scales) -> QuantTensor:
         integer = isinstance(self.fmt, IntFormat)
-        zero_point = None if scales.zero_point is None else scales.zero_point.to(value_.dtype)
-        common = dict(value_=value_, scale_=scales.scale.to(value_.dtype), zero_point_=zero_point, fmt=self.fmt)
+        zero_point = scales.affine_zero_point
+        common = dict(value_=value_, scale_=scales.scale, zero_point_=zero_point, fmt=self.fmt)
         if self.granularity.is_grouped:
             cls = GroupwiseIntQuantTensor if integer else GroupwiseFloatQuantTensor
             return cls(
@@ -185,9 +193,9 @@ def fake_quantize_layout(
     """Fake-quantize ``layout`` (the granularity's layout of a tensor) with ``scales``, fused."""
     scale = scales.effective_scale.to(layout.dtype)
     zero_point = None if scales.zero_point is None else scales.zero_point.to(layout.dtype)
-    if rounding == "stochastic":
-        return fake_quantize(layout, scale, fmt, zero_point, rounding, saturating)
-    return _fused_fake_quantize(layout, scale, fmt, zero_point, rounding, saturating)
+    offset = None if scales.offset is None else scales.offset.to(layout.dtype)
+    kernel = fake_quantize if rounding == "stochastic" else _fused_fake_quantize
+    return kernel(layout, scale, fmt, zero_point, rounding, saturating, None, offset)
 
 
 _fused_fake_quantize = compiled(fake_quantize)
@@ -205,7 +213,7 @@ def _best_per_tensor_ratio(sample, stat, ratios, scaler, fmt, rounding, saturati
     scale = scales.effective_scale[:, None].to(sample.dtype)
     zero_point = None if scales.zero_point is None else scales.zero_point[:, None].to(sample.dtype)
     quantized = fake_quantize(sample[None, :], scale, fmt, zero_point, rounding, saturating)
-    errors = (quantized - sample[None, :]).pow(2).sum(dim=1)
+    errors = torch.nan_to_num((quantized - sample[None, :]).pow(2).sum(dim=1), nan=torch.inf)
     return ratios.gather(0, torch.argmin(errors).reshape(1)).reshape(())
 
 
@@ -222,7 +230,7 @@ def _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating):
     stat = range_statistic(x.detach(), granularity, scaler.needs)
     scales = scaler(stat)
     value_ = fake_quantize_layout(granularity.layout(x), scales, fmt, rounding, saturating)
-    return value_, scales.scale, scales.zero_point, scales.outer_scale
+    return value_, scales.scale, scales.zero_point, scales.outer_scale, scales.offset
 
 
 def quantize_from_own_range(
@@ -231,5 +239,5 @@ def quantize_from_own_range(
 ) -> Tuple[torch.Tensor, Scales]:
     """Statistic, scales and fake quantization of a weight or dynamic activation in one fused
     kernel (see :mod:`quantizers.compile`): ``(value_, scales)``."""
-    value_, scale, zero_point, outer_scale = _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating)
-    return value_, Scales(scale, zero_point, outer_scale)
+    value_, scale, zero_point, outer_scale, offset = _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating)
+    return value_, Scales(scale, zero_point, outer_scale, offset)

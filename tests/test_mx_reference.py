@@ -169,17 +169,7 @@ def test_reference_reproduces_the_hand_tables(element, amax, mode, exponent):
     assert (math.isnan(got) and exponent is None) or got == exponent
 
 
-@pytest.mark.parametrize(
-    "element, amax, mode, exponent",
-    [
-        pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason=(
-            "BUG: block_scales.mx_scale 'even' rounds float32 amax=FLT_MAX up to float32 Inf "
-            "(2^128), then reads floor_log2 of float64 Inf (=1024), so the exponent clamps to "
-            "127 instead of 128 - emax_elem = 120")))
-        if case[1] == F32_MAX and case[2] == "even" and case[0] == "float8_e4m3fn" else case
-        for case in TABLE_CASES
-    ],
-)
+@pytest.mark.parametrize("element, amax, mode, exponent", TABLE_CASES)
 def test_shared_scale_follows_the_hand_tables(element, amax, mode, exponent):
     qt = quantize(_block_with_amax(amax), WEIGHTS[element], scale_rounding=mode)
     scale = qt.scale_.reshape(-1)[0].item()
@@ -316,11 +306,6 @@ def test_mx_float16_input_matches_reference_on_moderate_blocks():
     assert_same_bits(qt.value.to(torch.float32), values, "float16 values")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: MX scales below 2^-24 underflow to 0 when cast to a float16 input's dtype "
-    "(tensor_quantizer.fake_quantize_layout: scales.effective_scale.to(layout.dtype); _wrap: "
-    "scales.scale.to(value_.dtype)): an all-zero block's 2^-127 becomes 0 and 0/0 gives NaN values; "
-    "a block of 2^-20 (X = 2^-28) gets scale_ 0 and its values flush to 0"))
 @pytest.mark.parametrize("element", ["float8_e4m3fn", "int8"])
 @pytest.mark.parametrize("level", [0.0, 2.0 ** -20], ids=["all-zero", "2^-20"])
 def test_mx_float16_small_blocks_keep_exact_values_and_nonzero_scales(element, level):

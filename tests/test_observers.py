@@ -38,18 +38,13 @@ def test_observer_names_map_to_their_classes():
     assert OBSERVERS["mean"] is qz.MeanObserver
 
 
-ABSMAX_BUG = pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "BUG: Observer.update (observers.py, `new_low, new_high = self._combine(self.low, low), ...`) "
-    "calls _combine(self.low, None) for absmax statistics (low is None) from the second batch on: "
-    "GlobalMinMax/EMA/Mean raise TypeError, so every symmetric static activation quantizer "
-    "(Int8ActPerTensorFloat, ...) crashes on its second training or calibration batch"))
 
 
 @pytest.mark.parametrize("cls, expected", [
     (qz.LastBatchObserver, 2.0),
-    pytest.param(qz.GlobalMinMaxObserver, 3.0, marks=ABSMAX_BUG),
-    pytest.param(qz.MeanObserver, 2.0, marks=ABSMAX_BUG),
-    pytest.param(qz.EMAMinMaxObserver, 2.72, marks=ABSMAX_BUG),  # 3; 3 + 0.1·(1 - 3) = 2.8; 2.8 + 0.1·(2 - 2.8)
+    (qz.GlobalMinMaxObserver, 3.0),
+    (qz.MeanObserver, 2.0),
+    (qz.EMAMinMaxObserver, 2.72),  # 3; 3 + 0.1·(1 - 3) = 2.8; 2.8 + 0.1·(2 - 2.8)
 ])
 def test_absmax_observers_aggregate_by_hand(cls, expected):
     observer = cls()
@@ -192,7 +187,6 @@ def test_ema_quantizer_uses_the_momentum_override():
     assert q(t([1.0, 0.0])).scale_.item() == 4.0  # 8, 6, 4
 
 
-@ABSMAX_BUG
 def test_default_static_activation_averages_the_percentile_of_each_batch():
     q = qz.build_tensor_quantizer(qz.Int8ActPerTensorFloat).train()  # mean of 99.999th percentiles
     for amax in (2.0, 4.0, 9.0):

@@ -158,10 +158,6 @@ def test_minval_minimum_is_exactly_representable(x, signed):
     assert qt.value[0].item() == t(x)[0].item()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: MINVAL's affine form z = min_int - min/s (rules.int_minval_scale) dequantizes the minimum "
-    "as (min_int - z)*s, which float32 rounding leaves 1 ulp off: x=[-0.1, 0.9, 0.25] int8 gives "
-    "-0.10000000894 instead of float32(-0.1)"))
 def test_minval_minimum_is_exactly_representable_int8_minus_point_one():
     x = t([-0.1, 0.9, 0.25])
     qt = qz.quantize(x, qz.Int8WeightPerTensorFloat, symmetric=False, narrow_range=False,

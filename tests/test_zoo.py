@@ -165,11 +165,6 @@ def test_bad_configurations_raise_quantizer_config_error_naming_the_class(quanti
     assert "DependencyError" not in type(info.value).__name__
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: scale_rounding and percentile are not validated when the quantizer is built "
-    "(zoo/build.py scaler_object / tensor_quantizer): a bad value surfaces at the first call as a "
-    "bare ValueError from block_scales.mx_scale / rules.power_of_two / statistics.percentile, "
-    "without the quantizer's name"))
 @pytest.mark.parametrize("quantizer, overrides", [
     (qz.MXFloat8e4m3Weight, {"scale_rounding": "nearest"}),
     (qz.Int8WeightPerTensorFixedPoint, {"scale_rounding": "nearest"}),
@@ -313,11 +308,6 @@ def test_format_less_bases_need_a_format_mixin(name, mixin, fmt):
     assert ("fnuz" in qt.fmt.name) == ("FNUZ" in name)
 
 
-HIFLOAT8_HALF_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: HiFloat8WeightPerTensorFloat on a float16 tensor returns an Inf scale and all-NaN values: "
-    "the per-tensor MSE search (tensor_quantizer._best_per_tensor_ratio) casts the candidates "
-    "stat * 2^k, k <= 16, to float16, where they overflow to Inf, and torch.argmin picks the NaN "
-    "error of that candidate (argmin treats NaN as the minimum)"))
 DTYPE_QUANTIZERS = [
     qz.Int8WeightPerChannelFloat, qz.Fp8e4m3OCPWeightPerTensorFloat, qz.MXFloat4e2m1Weight,
     qz.NVFloat4e2m1Weight, qz.Int4WeightPerGroupFloat, qz.HiFloat8WeightPerTensorFloat,
@@ -326,9 +316,7 @@ DTYPE_QUANTIZERS = [
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("quantizer", DTYPE_QUANTIZERS, ids=lambda q: q.__name__)
-def test_quantize_accepts_half_bfloat16_and_double(request, quantizer, dtype):
-    if quantizer is qz.HiFloat8WeightPerTensorFloat and dtype == torch.float16:
-        request.applymarker(HIFLOAT8_HALF_BUG)
+def test_quantize_accepts_half_bfloat16_and_double(quantizer, dtype):
     torch.manual_seed(1)
     x32 = torch.randn(16, 256).to(dtype).to(torch.float32)  # exactly representable in dtype
     qt = qz.quantize(x32.to(dtype), quantizer)

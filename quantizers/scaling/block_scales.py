@@ -43,11 +43,12 @@ def mx_scale(
     if mode == "rceil":
         exponent = _ceil_log2(wide / max_elem)
     else:
-        if mode == "even":
-            wide = _round_half_up_to_mantissa(amax.to(torch.float32), mantissa_bits).to(torch.float64)
-        exponent = _ceil_log2(wide) if mode == "ceil" else floor_log2(wide, FLOAT64)
+        if mode == "even":  # a carry past FLT_MAX gives Inf, whose float32 exponent field reads 128
+            exponent = floor_log2(_round_half_up_to_mantissa(amax.to(torch.float32), mantissa_bits), FLOAT32)
+        else:
+            exponent = _ceil_log2(wide) if mode == "ceil" else floor_log2(wide, FLOAT64)
         exponent = exponent - emax_elem
-    scale = exp2_int(exponent.clamp(E8M0_MIN_EXPONENT, E8M0_MAX_EXPONENT), FLOAT64).to(torch.float32)
+    scale = exp2_int(exponent.to(torch.int64).clamp(E8M0_MIN_EXPONENT, E8M0_MAX_EXPONENT), FLOAT64).to(torch.float32)
     scale = torch.where(amax == 0, 2.0 ** E8M0_MIN_EXPONENT, scale)
     return torch.where(torch.isfinite(amax), scale, torch.nan)
 

@@ -59,13 +59,13 @@ def int_asymmetric_scale(
 def int_minval_scale(
     min_value: torch.Tensor, max_value: torch.Tensor, fmt: IntFormat
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """coreai_opt's MINVAL formulation: ``x_hat = (q - min_int) * s + min`` with ``s`` as in
-    :func:`int_asymmetric_scale`. Written in the common affine form, ``z = min_int - min / s``,
-    which is not rounded: the minimum is exactly representable instead of zero.
+    """coreai_opt's MINVAL formulation: ``(scale, offset)`` for ``x_hat = (q - min_int) * s + min``
+    with ``s`` as in :func:`int_asymmetric_scale` and ``offset = min`` (widened to hold 0). The
+    minimum is exactly representable instead of zero; nothing is rounded to an integer zero point.
     """
     low, high = min_value.clamp_max(0), max_value.clamp_min(0)
     scale = _nonzero(high - low, (high - low) / float(fmt.max_int - fmt.min_int))
-    return scale, fmt.min_int - low / scale
+    return scale, low
 
 
 def float_scale(amax: torch.Tensor, fmt: NumberFormat) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -18,13 +18,22 @@ Statistic = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class Scales:
-    """``scale`` and optional ``zero_point`` (broadcastable to the quantized layout) and the optional
-    per-tensor ``outer_scale`` of two-level schemes (NVFP4): the effective scale is
-    ``scale * outer_scale``."""
+    """``scale`` and optional ``zero_point`` (broadcastable to the quantized layout), the optional
+    per-tensor ``outer_scale`` of two-level schemes (NVFP4; the effective scale is
+    ``scale * outer_scale``) and the optional float ``offset`` of the MINVAL formulation
+    (see :func:`quantizers.fake_quant.fake_quantize`)."""
 
     scale: torch.Tensor
     zero_point: Optional[torch.Tensor] = None
     outer_scale: Optional[torch.Tensor] = None
+    offset: Optional[torch.Tensor] = None
+
+    @property
+    def affine_zero_point(self) -> Optional[torch.Tensor]:
+        """The zero point of the equivalent affine map ``(q - z) * s`` (MINVAL: ``z - offset / s``)."""
+        if self.offset is None:
+            return self.zero_point
+        return self.zero_point - self.offset / self.effective_scale
 
     @property
     def effective_scale(self) -> torch.Tensor:
@@ -62,7 +71,10 @@ class IntScaler(Scaler):
             scale, zero_point = rules.int_symmetric_scale(stat, self.fmt)
             zero_point = None
         elif self.formulation == "minval":
-            scale, zero_point = rules.int_minval_scale(*stat, self.fmt)
+            scale, offset = rules.int_minval_scale(*stat, self.fmt)
+            if self.power_of_two is not None:
+                scale = rules.power_of_two(scale, self.power_of_two)
+            return Scales(scale, torch.full_like(scale, float(self.fmt.min_int)), offset=offset)
         else:
             scale, zero_point = rules.int_asymmetric_scale(*stat, self.fmt)
         if self.power_of_two is not None:

@@ -14,9 +14,12 @@ from dependencies import Injector, value
 
 from ..formats import NAMED_FORMATS, FloatFormat, IntFormat, NumberFormat, get_format
 from ..observers import OBSERVERS, EMAMinMaxObserver
+from ..formats.rounding import ROUNDING_MODES
+from ..scaling.block_scales import MX_SCALE_MODES
 from ..scaling.granularity import Granularity
+from ..scaling.rules import POWER_OF_TWO_ROUNDINGS
 from ..scaling.scalers import FloatScaler, IntScaler, MXScaler, NVFP4Scaler, UnitScaler
-from ..tensor_quantizer import TensorQuantizer
+from ..tensor_quantizer import RANGE_METHODS, TensorQuantizer
 from .base import Quantizer, QuantizerConfigError, check_attribute_names, resolved_attributes
 
 SCALINGS = ("float", "po2", "e8m0", "nvfp4", "none")
@@ -103,9 +106,13 @@ def scaler_object(scaling, scale_rounding, symmetric, zero_point_formulation, nu
     if scaling == "none":
         return UnitScaler()
     if scaling == "e8m0":
+        if scale_rounding not in (None, *MX_SCALE_MODES):
+            raise _allowed("scale_rounding", scale_rounding, MX_SCALE_MODES)
         return MXScaler(number_format, scale_rounding or "floor")
     if scaling == "nvfp4":
         return NVFP4Scaler(number_format)
+    if scaling == "po2" and scale_rounding not in (None, *POWER_OF_TWO_ROUNDINGS):
+        raise _allowed("scale_rounding", scale_rounding, POWER_OF_TWO_ROUNDINGS)
     power_of_two = (scale_rounding or "ceil") if scaling == "po2" else None
     if isinstance(number_format, IntFormat):
         if zero_point_formulation not in ("zp", "minval"):
@@ -132,6 +139,12 @@ def tensor_quantizer(
     number_format, granularity_object, scaler_object, range_method, percentile, mse_ratios,
     observer_object, rounding, saturating,
 ) -> TensorQuantizer:
+    if range_method not in RANGE_METHODS:
+        raise _allowed("range_method", range_method, RANGE_METHODS)
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 100:
+        raise QuantizerConfigError(f"percentile={percentile!r} must be a number in (0, 100]")
+    if rounding is not None and rounding not in ROUNDING_MODES:
+        raise _allowed("rounding", rounding, ROUNDING_MODES)
     if saturating is False and not (number_format.has_inf or number_format.has_nan):
         raise QuantizerConfigError(
             f"saturating=False needs a format with Inf or NaN for overflow; {number_format.name} has "
