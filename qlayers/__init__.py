@@ -13,6 +13,22 @@ Every ``*_quant`` argument takes a quantizer class, a shared ``TensorQuantizer``
 overrides are prefixed keyword arguments (``weight_bit_width``, ``input_group_size``) and unknown
 ones raise ``TypeError``. See :mod:`qlayers.quant_layer` for inputs, outputs and
 ``return_quant_tensor``, and :mod:`qlayers.weight_cache` for the eval-mode weight cache.
+
+Choices where Brevitas and the design leave room:
+
+- A disabled quantizer is the attribute ``None`` (``layer.input_quant is None``), not a
+  pass-through proxy; ``quant_weight()`` is then ``None`` too.
+- ``return_quant_tensor=True`` returns a QuantTensor only when something quantizes the output
+  (``output_quant`` / ``act_quant``, or a QuantTensor passing unchanged through an activation
+  without ``act_quant``); Brevitas's derived "accumulator" QuantTensor of a layer without an
+  output quantizer is not produced. ``QuantEltwiseAdd`` and ``QuantCat`` follow the same rule.
+- Standalone activation and merge layers know nothing of the tensor's layout: their quantizers
+  default to ``channel_axis=1`` and ``group_dim=-1`` (override with ``act_group_dim`` etc.).
+- Input-scale biases (``Int32Bias``) need a per-tensor input scale and a per-tensor or
+  per-output-channel weight scale; anything else raises ``ValueError`` at forward time.
+- The eval cache compares weight values with a copy (catching ``weight.data`` writes), which costs
+  one read of the weight per forward and one extra copy of it in memory;
+  ``cache_checks_values = False`` trusts version counters only.
 """
 from .activation import QuantActivation, QuantHardTanh, QuantIdentity, QuantReLU, QuantSigmoid, QuantTanh
 from .bias import BiasQuantizer

@@ -11,8 +11,10 @@ again while nothing it depends on changed. The cache key holds:
 
 In-place writes through ``weight.data`` (``layer.weight.data.mul_(2)``) do not bump the
 parameter's version counter; to never serve a stale weight the cache also keeps a copy of the
-weight it was computed from and compares values (one read of the weight, far cheaper than
-quantizing it). ``check_values=False`` drops that copy and trusts the key alone.
+weight it was computed from and compares values: one read of the weight and its copy per forward
+(far cheaper than quantizing it, but in memory-bound small-batch inference comparable to the
+matmul itself) and one extra copy of the weight in memory. ``check_values=False`` drops the copy
+and trusts the key alone, which sees every write except those through ``.data`` or NumPy views.
 
 Layers use the cache only in eval mode, outside ``torch.compile`` and when no gradient is needed
 for the weight; they clear it on ``train()`` and ``load_state_dict``.

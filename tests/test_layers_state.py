@@ -42,6 +42,11 @@ def test_from_float_copies_configuration_parameters_and_mode(make):
     assert repr(ref).split("(", 1)[1].rstrip(")") in repr(layer)
 
 
+def test_from_float_keeps_the_device():
+    layer = QuantLinear.from_float(nn.Linear(4, 3, device="meta"))
+    assert layer.weight.device.type == "meta" and layer.bias.device.type == "meta"
+
+
 # ---- state_dict ---------------------------------------------------------------------------------
 def float_model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
