@@ -23,7 +23,7 @@ Config (AMCT's keys)::
   ``(max - min) / (2^b - 1)`` and an integer offset.
 - ``strategy``: weights ``tensor``/``channel``/``group`` (``group_size``: a multiple of 32);
   inputs ``tensor`` (static, min/max over the calibration batches) or ``token`` (dynamic).
-  MX types are per block of 32 by definition.
+  MX types are per block of 32 (``group``, their default and only strategy; dynamic for inputs).
 - ``algorithm``: ``minmax`` (the default). ``gptq``, ``awq``, ``smoothquant`` and ``ofmr`` raise
   ``NotImplementedError``. HiFloat8 uses qzoo's HiF8 default, a power-of-two scale of least
   squared error (the weight-side analogue of OFMR's power-of-two search).
@@ -135,10 +135,10 @@ def _tensor(cfg: Any, path: str, types: Mapping[str, Dict[str, Any]], strategies
         raise bad_type(join(path, "symmetric"), symmetric, "True or False")
     block = spec["format"] in ("mxfp4", "mxfp8")
     strategy = cfg.get("strategy", "group" if block else "tensor")
-    if strategy not in strategies:
+    if block and strategy != "group":
+        raise bad_value(join(path, "strategy"), strategy, ("group",), f"{kind} is quantized per block of 32")
+    if strategy not in strategies and not block:
         raise bad_value(join(path, "strategy"), strategy, strategies)
-    if block and strategy != ("group" if weights else "tensor"):
-        raise bad_value(join(path, "strategy"), strategy, ("group" if weights else "tensor",), f"{kind} is quantized per block of 32")
     if not symmetric:
         if not spec["format"].startswith("int"):
             raise bad_value(join(path, "symmetric"), symmetric, (True,), f"{kind} supports symmetric quantization only")
