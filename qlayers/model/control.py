@@ -57,7 +57,8 @@ class ControlledTensorQuantizer(TensorQuantizer):
         return value.abs()
 
     def _aggregate(self):
-        return self.observer.value((None, None) if self.scaler.needs == "minmax" else self.observer.high)
+        observer = self.observer
+        return (observer.low, observer.high) if self.scaler.needs == "minmax" else observer.high
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor):
@@ -99,8 +100,8 @@ class ControlledTensorQuantizer(TensorQuantizer):
         return self.learned_range.numel() > 0
 
     def _mirror_learned_range(self) -> None:
-        # The observer always holds the current range, so code reading the aggregate (the compiled
-        # eval path of qlayers.run_quantizer, summaries) sees the learned value.
+        # The observer always holds the current range, so code reading the aggregate (summaries,
+        # a plain TensorQuantizer loading this state) sees the learned value.
         if self.observer is None:
             return
         with torch.no_grad():
@@ -109,7 +110,9 @@ class ControlledTensorQuantizer(TensorQuantizer):
                 self.observer.low, self.observer.high = value[0].clone(), value[1].clone()
             else:
                 self.observer.high = value.abs().clone()
-            self.observer.initialized.fill_(True)
+            initialized = getattr(self.observer, "initialized", None)  # observers that keep a flag buffer
+            if isinstance(initialized, torch.Tensor):
+                initialized.fill_(True)
 
     def train(self, mode: bool = True):
         if not mode and self.learns_range and self.learned_range.numel() > 0:

@@ -1,0 +1,126 @@
+"""QAT of a quantize_model model under DistributedDataParallel: 2 CPU processes, gloo backend.
+
+Each rank calibrates on its own data; DDP's start-up broadcast makes both ranks equal, QAT steps
+(with learned weight and activation ranges) keep them equal, and rank 0's checkpoint loads into a
+fresh quantized model that then computes the same outputs.
+"""
+import os
+
+os.environ.setdefault("QZOO_COMPILE", "0")
+
+import socket
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from qlayers.model import calibrate, quantize_model
+
+WORLD = 2
+STEPS = 3
+TIMEOUT_S = 120
+CONFIG = {
+    "weights": {"format": "int8", "granularity": "channel", "learned_scale": True},
+    "inputs": {"format": "int8", "observer": "global_minmax", "learned_scale": True},
+    "bias": {"format": "int32"},
+    "layers": {"head": {"weights": {"format": "mxfp4"}, "inputs": {"format": "mxfp8"}, "bias": None}},
+}
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 16)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(x)))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(8, 16)
+        self.block = Block()
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)))
+
+
+def _quantized_net(seed):
+    torch.manual_seed(seed)
+    return quantize_model(Net(), CONFIG)
+
+
+def _worker(rank, port, out_dir):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    try:
+        torch.set_num_threads(1)
+        model = _quantized_net(seed=rank)  # different initial weights and calibration data per rank
+        generator = torch.Generator().manual_seed(100 + rank)
+        calibrate(model, [torch.randn(8, 8, generator=generator) * (rank + 1) for _ in range(2)], progress=False)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
+        ddp.train()
+        for _ in range(STEPS):
+            x = torch.randn(16, 8, generator=generator)
+            loss = nn.functional.mse_loss(ddp(x), x[:, :4])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        probe = torch.linspace(-2, 2, 5 * 8).reshape(5, 8)
+        with torch.no_grad():
+            output = model(probe)
+        torch.save({"state": state, "output": output, "probe": probe}, os.path.join(out_dir, f"rank{rank}.pt"))
+        if rank == 0:
+            torch.save(model.state_dict(), os.path.join(out_dir, "checkpoint.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(fn, *args):
+    context = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_ddp_qat_keeps_ranks_identical_and_checkpoint_loads(tmp_path):
+    _run(_worker, _free_port(), str(tmp_path))
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    states = [r["state"] for r in results]
+    assert list(states[0]) == list(states[1])
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+    assert any(k.endswith("learned_range") for k in states[0])  # learned ranges were trained and synced
+    assert any(k.endswith("observer.high") and states[0][k].numel() for k in states[0])
+    assert torch.equal(results[0]["output"], results[1]["output"])
+
+    initial = _quantized_net(seed=0).state_dict()
+    assert not torch.equal(initial["stem.weight"], states[0]["stem.weight"])  # training changed the weights
+
+    fresh = _quantized_net(seed=7)
+    fresh.load_state_dict(torch.load(tmp_path / "checkpoint.pt"))
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(results[0]["probe"]), results[0]["output"])
