@@ -1,0 +1,126 @@
+"""Section 2: eval-mode forward of ``qlayers.QuantLinear``/``QuantConv2d`` against ``nn.Linear``/
+``nn.Conv2d`` with the same parameters, and Brevitas's layers with the same-named quantizers.
+
+Every contender runs under ``torch.no_grad()`` in eval mode (inference). Static input quantizers
+are calibrated first with a few training-mode forwards on other batches; dynamic ones (MX) need
+none. qzoo serves the quantized weight from its eval-mode cache; Brevitas recomputes it every call
+(its default).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+import qlayers
+import quantizers
+
+from .brevitas_twins import brevitas_nn, brevitas_quantizer
+from .cases import BREVITAS, Case, Compare, Context, randn
+
+CALIBRATION_BATCHES = 4
+
+# (weight quantizer, input quantizer or None, target ratio to the float layer, sections in --quick)
+CONFIGS: Tuple[Tuple[str, Optional[str], float, Tuple[str, ...]], ...] = (
+    ("Int8WeightPerChannelFloat", None, 1.10, ("eval_linear", "eval_conv")),
+    ("Fp8e4m3OCPWeightPerTensorFloat", None, 1.10, ()),
+    ("MXFloat4e2m1Weight", None, 1.10, ()),
+    ("NVFloat4e2m1Weight", None, 1.10, ()),
+    ("Int4WeightPerGroupFloat", None, 1.10, ()),
+    ("Fp8e4m3OCPWeightPerTensorFloat", "Fp8e4m3OCPActPerTensorFloat", 1.5, ("eval_linear", "eval_conv")),
+    ("MXFloat8e4m3Weight", "MXFloat8e4m3Act", 2.0, ("eval_linear",)),
+)
+
+# layer kind -> (float module factory, input shape, section, description)
+LINEAR = ("eval_linear", lambda: nn.Linear(1024, 1024), (64, 1024), "nn.Linear(1024, 1024), batch 64")
+CONV = ("eval_conv", lambda: nn.Conv2d(64, 64, 3, padding=1), (8, 64, 32, 32), "nn.Conv2d(64, 64, 3, padding=1), input 8x64x32x32")
+
+
+def config_name(weight: str, act: Optional[str]) -> str:
+    return f"w={weight}" + (f",in={act}" if act else "")
+
+
+def float_module(factory: Callable[[], nn.Module], device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    return factory().to(device)
+
+
+def qzoo_twin(module: nn.Module, weight: str, act: Optional[str]) -> nn.Module:
+    """The qlayers twin of ``module`` with the named qzoo quantizers."""
+    layer_class = qlayers.QuantLinear if isinstance(module, nn.Linear) else qlayers.QuantConv2d
+    return layer_class.from_float(
+        module, weight_quant=getattr(quantizers, weight), input_quant=getattr(quantizers, act) if act else None
+    )
+
+
+def brevitas_twin(module: nn.Module, weight: str, act: Optional[str]) -> Optional[nn.Module]:
+    """Brevitas's twin of ``module`` with the same-named quantizers, or None if Brevitas lacks one."""
+    weight_quant = brevitas_quantizer(weight)
+    input_quant = brevitas_quantizer(act) if act else None
+    if weight_quant is None or (act and input_quant is None):
+        return None
+    bnn = brevitas_nn()
+    kwargs = dict(weight_quant=weight_quant, input_quant=input_quant, return_quant_tensor=False)
+    if isinstance(module, nn.Linear):
+        layer = bnn.QuantLinear(module.in_features, module.out_features, bias=True, **kwargs)
+    else:
+        layer = bnn.QuantConv2d(
+            module.in_channels, module.out_channels, module.kernel_size, padding=module.padding, bias=True, **kwargs
+        )
+    layer = layer.to(module.weight.device)
+    with torch.no_grad():
+        layer.weight.copy_(module.weight)
+        layer.bias.copy_(module.bias)
+    return layer
+
+
+def calibrate(layer: nn.Module, input_shape: Tuple[int, ...], device: torch.device) -> nn.Module:
+    """A few training-mode forwards (static input quantizers collect their range), then eval."""
+    layer.train()
+    with torch.no_grad():
+        for seed in range(1, CALIBRATION_BATCHES + 1):
+            layer(randn(*input_shape, device=device, seed=seed))
+    return layer.eval()
+
+
+def inference(layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    def forward() -> Any:
+        with torch.no_grad():
+            return layer(x)
+
+    return forward
+
+
+def _builder(kind: tuple, weight: str, act: Optional[str]) -> Callable[[Context], Dict[str, Any]]:
+    _, factory, input_shape, _ = kind
+
+    def build(ctx: Context) -> Dict[str, Any]:
+        module = float_module(factory, ctx.device).eval()
+        x = randn(*input_shape, device=ctx.device)
+        fns = {
+            "qzoo": inference(calibrate(qzoo_twin(module, weight, act), input_shape, ctx.device), x),
+            "float": inference(module, x),
+        }
+        twin = brevitas_twin(module, weight, act) if ctx.brevitas else None
+        if twin is not None:
+            fns[BREVITAS] = inference(calibrate(twin, input_shape, ctx.device), x)
+        return fns
+
+    return build
+
+
+def cases() -> List[Case]:
+    out = []
+    for kind in (LINEAR, CONV):
+        section, _, input_shape, description = kind
+        for weight, act, target, quick in CONFIGS:
+            out.append(Case(
+                section=section,
+                name=config_name(weight, act),
+                build=_builder(kind, weight, act),
+                compares=(Compare("float", target), Compare(BREVITAS)),
+                quick=section in quick,
+                meta={"layer": description, "weight_quant": weight, "input_quant": act},
+            ))
+    return out

@@ -1,0 +1,187 @@
+"""``python -m benchmarks.run``: run the suite, print Markdown tables, write JSON.
+
+Options: ``--quick`` (a subset, fewer samples: under two minutes), ``--only SUBSTRING`` (cases whose
+id, e.g. ``eval_linear/w=MXFloat4e2m1Weight``, contains it; repeatable), ``--repeats N``,
+``--no-brevitas``, ``--json PATH`` (default ``benchmarks/results/<date>-<mode>.json``),
+``--threads N`` (default: the CPU count), ``--device cpu|cuda``, ``--retry-noisy N``,
+``--cold-cache`` (compile into an empty Inductor cache), ``--list``.
+``QZOO_COMPILE=0`` benchmarks the eager kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from quantizers.compile import compile_enabled
+
+from . import fake_quant, layers, training
+from .brevitas_twins import brevitas_available, brevitas_version
+from .cases import Case, Context
+from .report import markdown_tables, summary_line, write_json
+from .runner import CaseResult, Settings, run_case
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MIN_REPEATS = 7
+
+
+def all_cases() -> List[Case]:
+    """Every case, in report order."""
+    return [*fake_quant.cases(), *layers.cases(), *training.cases()]
+
+
+def select(cases: List[Case], quick: bool, only: Optional[List[str]]) -> List[Case]:
+    if only:
+        return [case for case in cases if any(pattern in case.id for pattern in only)]
+    return [case for case in cases if case.quick] if quick else cases
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a subset of cases, fewer samples (< 2 minutes)")
+    parser.add_argument("--only", action="append", metavar="SUBSTRING", help="run the cases whose id contains it")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 11, quick 7)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls after the first (default 3, quick 1)")
+    parser.add_argument("--no-brevitas", action="store_true", help="skip the Brevitas contenders")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: CPU count)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--retry-noisy", type=int, default=None, help="re-runs of a case whose ratios are noisy (default 1, quick 0)")
+    parser.add_argument("--cold-cache", action="store_true", help="compile into a fresh Inductor cache (true cold first calls)")
+    parser.add_argument("--list", action="store_true", help="list the case ids and exit")
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < MIN_REPEATS:
+        parser.error(f"--repeats must be at least {MIN_REPEATS} (medians need enough samples), got {args.repeats}")
+    return args
+
+
+def environment(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
+    return dict(
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
+        cpu=_cpu_model(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+        device=str(device), cuda_device=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        compile_enabled=compile_enabled(), QZOO_COMPILE=os.environ.get("QZOO_COMPILE"),
+        brevitas=brevitas_version() if not args.no_brevitas else None,
+        git=_git_state(), argv=sys.argv[1:], quick=args.quick,
+        inductor_cache=os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default (warm if compiled before)"),
+    )
+
+
+def _cpu_model() -> Optional[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _git_state() -> Dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "quantizers", "qlayers"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": commit, "library_dirty": bool(dirty)}
+
+
+def default_json_path(quick: bool) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    mode = "compiled" if compile_enabled() else "eager"
+    return RESULTS_DIR / f"{stamp}-{mode}{'-quick' if quick else ''}.json"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cases = select(all_cases(), args.quick, args.only)
+    if args.list:
+        print("\n".join(f"{case.id}{'  (quick)' if case.quick else ''}" for case in all_cases()))
+        return 0
+    if not cases:
+        print(f"no case matches {args.only}; see --list", file=sys.stderr)
+        return 2
+
+    if args.cold_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="qzoo-bench-inductor-")
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    device = torch.device(args.device)
+    use_brevitas = not args.no_brevitas and brevitas_available()
+    ctx = Context(device=device, quick=args.quick, brevitas=use_brevitas)
+    settings = Settings(
+        repeats=args.repeats or (MIN_REPEATS if args.quick else 11),
+        warmup=args.warmup if args.warmup is not None else (1 if args.quick else 3),
+        min_sample_s=0.02 if args.quick else 0.05,
+    )
+    retries = args.retry_noisy if args.retry_noisy is not None else (0 if args.quick else 1)
+    env = environment(args, device)
+    env.update(repeats=settings.repeats, warmup=settings.warmup, min_sample_s=settings.min_sample_s,
+               loadavg_start=os.getloadavg())
+    print(
+        f"qzoo benchmarks: torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} threads, "
+        f"device {device}, compile {'on' if env['compile_enabled'] else 'off'}, Brevitas "
+        f"{env['brevitas'] or 'off'}, load {env['loadavg_start'][0]:.1f}; {len(cases)} cases",
+        file=sys.stderr,
+    )
+
+    started = time.perf_counter()
+    results: List[CaseResult] = []
+    errors: Dict[str, str] = {}
+    for index, case in enumerate(cases, 1):
+        try:
+            result = run_case(case, ctx, settings)
+            for _ in range(retries):
+                if not any(row.noisy for row in result.rows if row.target is not None):
+                    break
+                print(f"  {case.id}: noisy (IQR {result.worst_spread:.0%}), re-running", file=sys.stderr)
+                again = run_case(case, ctx, settings)
+                if again.worst_spread < result.worst_spread:
+                    result = again
+        except Exception as error:  # noqa: BLE001 - one broken case must not hide the others
+            errors[case.id] = f"{type(error).__name__}: {error}".splitlines()[0]
+            traceback.print_exc()
+            print(f"[{index}/{len(cases)}] {case.id}: ERROR {errors[case.id]}", file=sys.stderr)
+            continue
+        results.append(result)
+        line = ", ".join(f"{row.baseline} {row.ratio:.3g}" for row in result.rows)
+        print(f"[{index}/{len(cases)}] {case.id}: {line} ({result.wall_s:.1f}s, load {result.load_after[0]:.1f})", file=sys.stderr)
+
+    rows = [row for result in results for row in result.rows]
+    env.update(loadavg_end=os.getloadavg(), wall_s=time.perf_counter() - started)
+    tables = markdown_tables(rows, errors)
+    summary = summary_line(rows)
+    print(tables)
+    print(summary)
+    print(
+        f"\n{env['date']}: torch {env['torch']}, {env['cpu_count']} CPUs ({env['cpu']}), torch threads "
+        f"{env['torch_threads']}, compile {'on' if env['compile_enabled'] else 'off'}, "
+        f"load average {env['loadavg_start'][0]:.1f} -> {env['loadavg_end'][0]:.1f}, {env['wall_s']:.0f}s"
+    )
+    path = args.json or default_json_path(args.quick)
+    write_json(path, dict(
+        environment=env, summary=summary, markdown=tables,
+        rows=[row.to_json() for row in rows], cases=[result.to_json() for result in results], errors=errors,
+    ))
+    print(f"results: {path}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
