@@ -1,4 +1,5 @@
-"""QAT of a quantize_model model under DistributedDataParallel: 2 CPU processes, gloo backend.
+"""QAT of a quantize_model model under DistributedDataParallel (and FSDP2's fully_shard where it
+works on CPU): 2 CPU processes, gloo backend.
 
 Each rank calibrates on its own data; DDP's start-up broadcast makes both ranks equal, QAT steps
 (with learned weight and activation ranges) keep them equal, and rank 0's checkpoint loads into a
@@ -59,33 +60,70 @@ def _quantized_net(seed):
 
 
 def _worker(rank, port, out_dir):
+    """One spawn for both runs (DDP, then FSDP) to pay the process start-up once."""
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
     try:
         torch.set_num_threads(1)
-        model = _quantized_net(seed=rank)  # different initial weights and calibration data per rank
-        generator = torch.Generator().manual_seed(100 + rank)
-        calibrate(model, [torch.randn(8, 8, generator=generator) * (rank + 1) for _ in range(2)], progress=False)
-        ddp = nn.parallel.DistributedDataParallel(model)
-        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
-        ddp.train()
-        for _ in range(STEPS):
-            x = torch.randn(16, 8, generator=generator)
-            loss = nn.functional.mse_loss(ddp(x), x[:, :4])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        probe = torch.linspace(-2, 2, 5 * 8).reshape(5, 8)
-        with torch.no_grad():
-            output = model(probe)
-        torch.save({"state": state, "output": output, "probe": probe}, os.path.join(out_dir, f"rank{rank}.pt"))
-        if rank == 0:
-            torch.save(model.state_dict(), os.path.join(out_dir, "checkpoint.pt"))
+        _ddp_run(rank, out_dir)
         dist.barrier()
+        _fsdp_run(rank, out_dir)
     finally:
         dist.destroy_process_group()
+
+
+def _ddp_run(rank, out_dir):
+    model = _quantized_net(seed=rank)  # different initial weights and calibration data per rank
+    generator = torch.Generator().manual_seed(100 + rank)
+    calibrate(model, [torch.randn(8, 8, generator=generator) * (rank + 1) for _ in range(2)], progress=False)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    ddp.train()
+    for _ in range(STEPS):
+        x = torch.randn(16, 8, generator=generator)
+        loss = nn.functional.mse_loss(ddp(x), x[:, :4])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    probe = torch.linspace(-2, 2, 5 * 8).reshape(5, 8)
+    with torch.no_grad():
+        output = model(probe)
+    torch.save({"state": state, "output": output, "probe": probe}, os.path.join(out_dir, f"rank{rank}.pt"))
+    if rank == 0:
+        torch.save(model.state_dict(), os.path.join(out_dir, "checkpoint.pt"))
+
+
+def _fsdp_run(rank, out_dir):
+    try:  # does FSDP work here at all (CPU, gloo)? Otherwise the test skips.
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.tensor import DTensor
+
+        probe_model = nn.Linear(4, 4)
+        fully_shard(probe_model)
+        probe_model(torch.ones(2, 4)).sum().backward()
+    except Exception as error:  # noqa: BLE001 - any failure of plain FSDP means "not available"
+        torch.save({"skip": f"{type(error).__name__}: {error}"}, os.path.join(out_dir, f"fsdp{rank}.pt"))
+        return
+    model = _quantized_net(seed=0)  # FSDP does not broadcast: same start on every rank
+    calibrate(model, [torch.randn(8, 8, generator=torch.Generator().manual_seed(100)) for _ in range(2)], progress=False)
+    fully_shard(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(200 + rank)
+    model.train()
+    for _ in range(STEPS):
+        x = torch.randn(16, 8, generator=generator)
+        loss = nn.functional.mse_loss(model(x), x[:, :4])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    state = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in model.state_dict().items()}
+    probe = torch.linspace(-2, 2, 5 * 8).reshape(5, 8)
+    with torch.no_grad():
+        output = model(probe)
+    torch.save({"state": state, "output": output, "probe": probe}, os.path.join(out_dir, f"fsdp{rank}.pt"))
 
 
 def _free_port():
@@ -104,9 +142,20 @@ def _run(fn, *args):
             pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_ddp_qat_keeps_ranks_identical_and_checkpoint_loads(tmp_path):
-    _run(_worker, _free_port(), str(tmp_path))
+needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The directory where both ranks left their results."""
+    out = tmp_path_factory.mktemp("distributed")
+    _run(_worker, _free_port(), str(out))
+    return out
+
+
+@needs_gloo
+def test_ddp_qat_keeps_ranks_identical_and_checkpoint_loads(runs):
+    tmp_path = runs
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     states = [r["state"] for r in results]
     assert list(states[0]) == list(states[1])
@@ -121,6 +170,23 @@ def test_ddp_qat_keeps_ranks_identical_and_checkpoint_loads(tmp_path):
 
     fresh = _quantized_net(seed=7)
     fresh.load_state_dict(torch.load(tmp_path / "checkpoint.pt"))
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(results[0]["probe"]), results[0]["output"])
+
+
+@needs_gloo
+def test_fsdp_qat_where_fsdp_works_on_cpu(runs):
+    tmp_path = runs
+    results = [torch.load(tmp_path / f"fsdp{r}.pt") for r in range(WORLD)]
+    if "skip" in results[0]:
+        pytest.skip(f"FSDP does not work on this CPU build: {results[0]['skip']}")
+    states = [r["state"] for r in results]
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+    assert not torch.equal(_quantized_net(seed=0).state_dict()["stem.weight"], states[0]["stem.weight"])
+    fresh = _quantized_net(seed=7)
+    fresh.load_state_dict(states[0])
     fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh(results[0]["probe"]), results[0]["output"])

@@ -54,7 +54,8 @@ class ControlledTensorQuantizer(TensorQuantizer):
         value = self.learned_range
         if self.scaler.needs == "minmax":
             return value[0], value[1]
-        return value.abs()
+        # a per-tensor range is stored with shape (1,): FSDP refuses 0-d parameters
+        return value.abs().reshape(()) if self.granularity.kind == "tensor" else value.abs()
 
     def _aggregate(self):
         observer = self.observer
@@ -100,24 +101,18 @@ class ControlledTensorQuantizer(TensorQuantizer):
         return self.learned_range.numel() > 0
 
     def _mirror_learned_range(self) -> None:
-        # The observer always holds the current range, so code reading the aggregate (summaries,
-        # a plain TensorQuantizer loading this state) sees the learned value.
+        # The observer follows the learned range (as of the last training step), so what reads the
+        # aggregate (range reports, summaries) sees the learned value.
         if self.observer is None:
             return
         with torch.no_grad():
-            value = self.learned_range.detach()
-            if self.scaler.needs == "minmax":
-                self.observer.low, self.observer.high = value[0].clone(), value[1].clone()
-            else:
-                self.observer.high = value.abs().clone()
+            stat = self._learned_statistic()
+            if isinstance(stat, tuple):
+                self.observer.low, stat = stat[0].detach().clone(), stat[1]
+            self.observer.high = stat.detach().clone()
             initialized = getattr(self.observer, "initialized", None)  # observers that keep a flag buffer
             if isinstance(initialized, torch.Tensor):
                 initialized.fill_(True)
-
-    def train(self, mode: bool = True):
-        if not mode and self.learns_range and self.learned_range.numel() > 0:
-            self._mirror_learned_range()
-        return super().train(mode)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "learned_range"
@@ -133,9 +128,11 @@ class ControlledTensorQuantizer(TensorQuantizer):
 
 
 def _stack(stat) -> torch.Tensor:
+    """A statistic as one tensor of at least one dimension: ``(min, max)`` stacked on a new first
+    axis, an absmax as it is (0-d as shape (1,))."""
     if isinstance(stat, tuple):
         return torch.stack([stat[0].detach(), stat[1].detach()]).clone()
-    return stat.detach().clone()
+    return stat.detach().clone().reshape(stat.shape or (1,))
 
 
 _CLASSES: Dict[type, Type[ControlledTensorQuantizer]] = {TensorQuantizer: ControlledTensorQuantizer}
