@@ -76,21 +76,8 @@ def _ddp_run(rank, out_dir):
     model = _quantized_net(seed=rank)  # different initial weights and calibration data per rank
     generator = torch.Generator().manual_seed(100 + rank)
     calibrate(model, [torch.randn(8, 8, generator=generator) * (rank + 1) for _ in range(2)], progress=False)
-    ddp = nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
-    ddp.train()
-    for _ in range(STEPS):
-        x = torch.randn(16, 8, generator=generator)
-        loss = nn.functional.mse_loss(ddp(x), x[:, :4])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    probe = torch.linspace(-2, 2, 5 * 8).reshape(5, 8)
-    with torch.no_grad():
-        output = model(probe)
-    torch.save({"state": state, "output": output, "probe": probe}, os.path.join(out_dir, f"rank{rank}.pt"))
+    _train(nn.parallel.DistributedDataParallel(model), generator)
+    _save(model, lambda t: t, os.path.join(out_dir, f"rank{rank}.pt"))
     if rank == 0:
         torch.save(model.state_dict(), os.path.join(out_dir, "checkpoint.pt"))
 
@@ -109,21 +96,29 @@ def _fsdp_run(rank, out_dir):
     model = _quantized_net(seed=0)  # FSDP does not broadcast: same start on every rank
     calibrate(model, [torch.randn(8, 8, generator=torch.Generator().manual_seed(100)) for _ in range(2)], progress=False)
     fully_shard(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    generator = torch.Generator().manual_seed(200 + rank)
-    model.train()
+    _train(model, torch.Generator().manual_seed(200 + rank))
+    _save(model, lambda t: t.full_tensor() if isinstance(t, DTensor) else t, os.path.join(out_dir, f"fsdp{rank}.pt"))
+
+
+def _train(module, generator):
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
+    module.train()
     for _ in range(STEPS):
         x = torch.randn(16, 8, generator=generator)
-        loss = nn.functional.mse_loss(model(x), x[:, :4])
+        loss = nn.functional.mse_loss(module(x), x[:, :4])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+
+def _save(model, gather, path):
+    """The full state (``gather`` unshards FSDP tensors) and the eval outputs on a fixed probe."""
     model.eval()
-    state = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in model.state_dict().items()}
+    state = {k: gather(v).detach().clone() for k, v in model.state_dict().items()}
     probe = torch.linspace(-2, 2, 5 * 8).reshape(5, 8)
     with torch.no_grad():
         output = model(probe)
-    torch.save({"state": state, "output": output, "probe": probe}, os.path.join(out_dir, f"fsdp{rank}.pt"))
+    torch.save({"state": state, "output": output, "probe": probe}, path)
 
 
 def _free_port():
