@@ -26,9 +26,9 @@ Choices where Brevitas and the design leave room:
   default to ``channel_axis=1`` and ``group_dim=-1`` (override with ``act_group_dim`` etc.).
 - Input-scale biases (``Int32Bias``) need a per-tensor input scale and a per-tensor or
   per-output-channel weight scale; anything else raises ``ValueError`` at forward time.
-- The eval cache compares weight values with a copy (catching ``weight.data`` writes), which costs
-  one read of the weight per forward and one extra copy of it in memory;
-  ``cache_checks_values = False`` trusts version counters only.
+- The eval cache keys on the weight's version counter and also compares a strided sample of its
+  values (catching whole-tensor writes through ``weight.data``); ``cache_checks_values = "full"``
+  compares a full copy, ``"none"`` trusts version counters only.
 """
 from .activation import QuantActivation, QuantHardTanh, QuantIdentity, QuantReLU, QuantSigmoid, QuantTanh
 from .bias import BiasQuantizer

@@ -9,12 +9,18 @@ again while nothing it depends on changed. The cache key holds:
   replacing ``layer.weight_quant`` or changing, say, its ``fmt`` or ``rounding`` recomputes);
 - whether inference mode is on (inference tensors may not be used outside it).
 
-In-place writes through ``weight.data`` (``layer.weight.data.mul_(2)``) do not bump the
-parameter's version counter; to never serve a stale weight the cache also keeps a copy of the
-weight it was computed from and compares values: one read of the weight and its copy per forward
-(far cheaper than quantizing it, but in memory-bound small-batch inference comparable to the
-matmul itself) and one extra copy of the weight in memory. ``check_values=False`` drops the copy
-and trusts the key alone, which sees every write except those through ``.data`` or NumPy views.
+In-place writes through ``weight.data`` (``layer.weight.data.mul_(2)``) or NumPy views do not bump
+the parameter's version counter. The cache therefore also compares a fingerprint of the values:
+
+- ``check_values="sample"`` (default): ``FINGERPRINT_SIZE`` evenly strided elements, a few
+  microseconds per forward; it catches whole-tensor writes (scaling, copying, re-initialising) but
+  not an edit of single elements off the sample.
+- ``"full"``: a copy of the whole weight, compared on every forward (one extra read of the weight
+  per forward and one extra copy in memory): never stale, whatever the write.
+- ``"none"``: the key alone.
+
+After editing single elements through ``.data``, call ``layer.clear_weight_cache()`` (or write
+under ``torch.no_grad()`` to the parameter itself, which bumps its version).
 
 Layers use the cache only in eval mode, outside ``torch.compile`` and when no gradient is needed
 for the weight; they clear it on ``train()`` and ``load_state_dict``.
@@ -50,7 +56,7 @@ def _tensor_token(tensor: torch.Tensor) -> Tuple[Any, ...]:
 class WeightCache:
     """One cached QuantTensor and the key it was computed under; see the module docstring."""
 
-    def __init__(self, check_values: bool = True) -> None:
+    def __init__(self, check_values: str = "sample") -> None:
         self.check_values = check_values
         self.clear()
 
@@ -69,7 +75,7 @@ class WeightCache:
             return self._value
         value = compute()
         self._key, self._value = key, value
-        self._snapshot = weight.detach().clone() if self.check_values else None
+        self._snapshot = _fingerprint(weight, self.check_values)
         return value
 
     def _matches(self, key: Tuple[Any, ...], weight: torch.Tensor) -> bool:
@@ -78,5 +84,21 @@ class WeightCache:
         except (RuntimeError, TypeError, ValueError):  # an attribute whose == is not a plain bool
             return False
         if same and self._snapshot is not None:
-            same = torch.equal(weight, self._snapshot)
+            same = torch.equal(_fingerprint(weight, self.check_values), self._snapshot)
         return same
+
+
+FINGERPRINT_SIZE = 4096
+CHECK_VALUES = ("sample", "full", "none")
+
+
+def _fingerprint(weight: torch.Tensor, check_values: str) -> Optional[torch.Tensor]:
+    """The values the cache compares (see the module docstring); ``None`` for ``"none"``."""
+    if check_values not in CHECK_VALUES:
+        raise ValueError(f"check_values={check_values!r} is not allowed; allowed values: {', '.join(CHECK_VALUES)}")
+    if check_values == "none":
+        return None
+    flat = weight.detach().reshape(-1)
+    if check_values == "sample" and flat.numel() > FINGERPRINT_SIZE:
+        flat = flat[:: flat.numel() // FINGERPRINT_SIZE]
+    return flat.clone()

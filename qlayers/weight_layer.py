@@ -24,16 +24,16 @@ class QuantWeightLayer(QuantLayer):
         act_layout: the same for the input and output activations.
         cache_quant_weight: serve the quantized weight from a cache in eval mode (see
             :mod:`qlayers.weight_cache`); set ``False`` on a layer or class to always recompute.
-        cache_checks_values: the cache also compares the weight's values with a copy, catching
-            writes through ``weight.data`` that leave no trace in the version counter; ``False``
-            saves that copy and trusts version counters alone.
+        cache_checks_values: how the cache compares the weight's values, catching writes through
+            ``weight.data`` that leave no trace in the version counter: ``"sample"`` (default, a
+            strided sample), ``"full"`` (a copy of the weight) or ``"none"``.
     """
 
     quant_roles = ("weight", "bias", "input", "output")
     weight_layout: ClassVar[Layout] = {"channel_axis": 0, "group_dim": 1}
     act_layout: ClassVar[Layout] = {"channel_axis": -1, "group_dim": -1}
     cache_quant_weight: bool = True
-    cache_checks_values: bool = True
+    cache_checks_values: str = "sample"
 
     def _init_weight_quantizers(
         self,
@@ -72,6 +72,10 @@ class QuantWeightLayer(QuantLayer):
             return run_quantizer(quantizer, weight)
         self._weight_cache.check_values = self.cache_checks_values
         return self._weight_cache.get(weight, quantizer, lambda: run_quantizer(quantizer, weight))
+
+    def clear_weight_cache(self) -> None:
+        """Forget the cached quantized weight (after editing single elements through ``.data``)."""
+        self._weight_cache.clear()
 
     def _weight_value(self, quant_weight: Optional[QuantTensor]) -> torch.Tensor:
         return self.weight if quant_weight is None else quant_weight.value

@@ -23,18 +23,19 @@ Statistic = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
 class Observer(nn.Module):
-    """Base class. Buffers ``low``/``high`` hold the aggregate (``low`` unused for absmax) and
-    ``initialized`` says whether any batch was seen; buffer shapes follow the first batch."""
+    """Base class. Buffers ``low``/``high`` hold the aggregate (``low`` stays empty for absmax);
+    they are empty until the first batch, whose statistic gives their shape."""
 
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("low", torch.zeros(0))
         self.register_buffer("high", torch.zeros(0))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @property
     def is_initialized(self) -> bool:
-        return bool(self.initialized)
+        """Whether any batch was seen: read from the buffer's shape, never its values, so
+        ``torch.compile(fullgraph=True)`` can trace it."""
+        return self.high.numel() > 0
 
     def update(self, stat: Statistic) -> None:
         """Fold one batch's statistic into the aggregate."""
@@ -48,11 +49,10 @@ class Observer(nn.Module):
             if new_low is not None:
                 self.low = new_low.detach().clone()
             self.high = new_high.detach().clone()
-            self.initialized.fill_(True)
 
-    def value(self, like: Statistic) -> Statistic:
-        """The aggregate in the form of ``like`` (absmax tensor or (min, max))."""
-        if isinstance(like, tuple):
+    def value(self, needs: str) -> Statistic:
+        """The aggregate: ``(min, max)`` when ``needs == "minmax"``, else the absolute maximum."""
+        if needs == "minmax":
             return self.low, self.high
         return self.high
 
@@ -109,7 +109,8 @@ class MeanObserver(Observer):
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
 
     def update(self, stat: Statistic) -> None:
-        self.count += 1
+        with torch.no_grad():
+            self.count += 1
         super().update(stat)
 
     def _combine(self, old, new, upper=False):

@@ -133,21 +133,22 @@ class TensorQuantizer(nn.Module):
     def observed_statistic(self, x: torch.Tensor) -> Statistic:
         """The statistic used for ``x``: its own, or the observer's aggregate for static quantizers.
 
-        A static quantizer updates its observer in training and calibration; in eval it uses the
-        aggregate (falling back to the batch's own statistic, with a warning, if never calibrated).
+        A static quantizer updates its observer in training and calibration (and uses the batch's
+        own statistic then); in eval it uses the aggregate without looking at the batch, falling
+        back to the batch's own statistic, with a warning, if it was never calibrated.
         """
-        stat = self.statistic(x)
         if self.observer is None:
-            return stat
+            return self.statistic(x)
         if self.training or self.calibrating:
+            stat = self.statistic(x)
             self.observer.update(stat)
             return stat
-        if not self.observer.is_initialized:
-            if not self._warned_uncalibrated:
-                logger.warning("static quantizer %s was never calibrated; using each batch's own range", self)
-                self._warned_uncalibrated = True
-            return stat
-        return self.observer.value(stat)
+        if self.observer.is_initialized:
+            return self.observer.value(self.scaler.needs)
+        if not self._warned_uncalibrated and not torch.compiler.is_compiling():
+            logger.warning("static quantizer %s was never calibrated; using each batch's own range", self)
+            self._warned_uncalibrated = True
+        return self.statistic(x)
 
     # ---- quantization ------------------------------------------------------------------------
     def _fake_quantize(self, layout: torch.Tensor, scales: Scales) -> torch.Tensor:

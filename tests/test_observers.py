@@ -51,7 +51,7 @@ def test_absmax_observers_aggregate_by_hand(cls, expected):
     assert not observer.is_initialized
     feed(observer, [t(3.0), t(1.0), t(2.0)])
     assert observer.is_initialized
-    assert observer.value(t(0.0)).item() == pytest.approx(expected)
+    assert observer.value("absmax").item() == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("cls, low, high", [
@@ -62,24 +62,24 @@ def test_absmax_observers_aggregate_by_hand(cls, expected):
 ])
 def test_minmax_observers_aggregate_by_hand(cls, low, high):
     observer = feed(cls(), [(t(-1.0), t(4.0)), (t(-3.0), t(2.0)), (t(-2.0), t(5.0))])
-    got_low, got_high = observer.value((t(0.0), t(0.0)))
+    got_low, got_high = observer.value("minmax")
     assert got_low.item() == low and got_high.item() == pytest.approx(high, rel=1e-7)
 
 
 def test_ema_observer_by_hand():
     ema = feed(qz.EMAMinMaxObserver(momentum=0.25), [(t(-8.0), t(8.0)), (t(-16.0), t(16.0)), (t(0.0), t(0.0))])
     # 8 (the first batch initialises); 8 + 0.25·(16 - 8) = 10; 10 + 0.25·(0 - 10) = 7.5
-    assert [v.item() for v in ema.value((t(0.0), t(0.0)))] == [-7.5, 7.5]
+    assert [v.item() for v in ema.value("minmax")] == [-7.5, 7.5]
 
 
 def test_mean_observer_counts_batches():
     mean = feed(qz.MeanObserver(), [(t(-2.0), t(2.0)), (t(-4.0), t(4.0)), (t(-9.0), t(9.0))])
-    assert mean.value((t(0.0), t(0.0)))[1].item() == 5.0 and mean.count.item() == 3
+    assert mean.value("minmax")[1].item() == 5.0 and mean.count.item() == 3
 
 
 def test_observers_work_elementwise_per_channel():
     glob = feed(qz.GlobalMinMaxObserver(), [(t([[0.0], [-1.0]]), t([[1.0], [5.0]])), (t([[-2.0], [0.0]]), t([[3.0], [2.0]]))])
-    low, high = glob.value((t(0.0), t(0.0)))
+    low, high = glob.value("minmax")
     assert low.tolist() == [[-2.0], [-1.0]] and high.tolist() == [[3.0], [5.0]]
 
 
@@ -108,7 +108,7 @@ def test_mean_observer_continues_its_mean_after_loading():
     target = qz.MeanObserver()
     target.load_state_dict(source.state_dict())
     target.update((t(-9.0), t(9.0)))
-    assert target.value((t(0.0), t(0.0)))[1].item() == 5.0  # (2 + 4 + 9) / 3
+    assert target.value("minmax")[1].item() == 5.0  # (2 + 4 + 9) / 3
 
 
 class _Layer(nn.Module):
