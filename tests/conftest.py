@@ -12,6 +12,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+# The library fuses its kernels with torch.compile on first use (one compilation per quantizer
+# configuration, seconds each). Tests check numerics on the eager kernels by default; the compiled
+# paths have their own tests (test_formats_compile.py, test_compile_fusion.py), which switch
+# compilation on explicitly.
+os.environ.setdefault("QZOO_COMPILE", "0")
+
 # Let `pytest` (not only `python -m pytest`) import the package from a source checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
