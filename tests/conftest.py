@@ -10,6 +10,7 @@ import sys
 from typing import Optional
 
 import numpy as np
+import pytest
 import torch
 
 # The library fuses its kernels with torch.compile on first use (one compilation per quantizer
@@ -38,6 +39,16 @@ TORCH_DTYPE_FORMATS = {
 }
 
 ROUND_TO_NEAREST_AND_DIRECTED = ("even", "away", "zero", "floor", "ceil")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of small vectorised sweeps: on a busy machine, OpenMP
+    threads waiting for each other make them several times slower than one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def all_bfloat16() -> np.ndarray:

@@ -8,6 +8,8 @@ import torch
 
 import quantizers as qz
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 E4M3 = qz.get_format("float8_e4m3fn")
 ALL_KINDS = [E4M3, qz.get_format("float4_e2m1fn"), qz.get_format("hifloat8"), qz.get_format("float8_e8m0fnu"),
              qz.get_format("int8")]

@@ -27,6 +27,8 @@ from conftest import (
     round_to_table,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 BFLOAT16_AS_FLOAT32 = all_bfloat16()
 
 

@@ -24,6 +24,8 @@ from conftest import (
     round_to_table,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 NAN, INF = math.nan, math.inf
 
 
