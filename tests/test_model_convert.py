@@ -230,3 +230,21 @@ def test_no_warning_for_a_clean_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         quantize_model(Net(), {"weights": W8, "inputs": A8})
+
+
+def test_whole_model_pickles_and_deep_copies():
+    import copy
+    import io
+
+    q = quantize_model(Net(), {"weights": {"format": "int8", "learned_scale": True}, "inputs": A8})
+    calibrate(q, [torch.randn(4, 8)], progress=False)
+    buffer = io.BytesIO()
+    torch.save(q, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    x = torch.randn(3, 8)
+    for other in (loaded, copy.deepcopy(q)):
+        other.eval(), q.eval()
+        with torch.no_grad():
+            assert torch.equal(other(x), q(x))
+        assert other.stem.input_quant.frozen

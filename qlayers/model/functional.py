@@ -29,11 +29,14 @@ _SHAPE_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_gr
 
 
 class _ChildrenAsLeaves(fx.Tracer):
-    """Traces only the root's own forward: every submodule call stays a ``call_module``."""
+    """Traces only the root's own forward: every submodule call stays a ``call_module``.
+    (Constructed without arguments, as ``torch.fx`` does when it unpickles a GraphModule.)"""
 
-    def __init__(self, root: nn.Module) -> None:
-        super().__init__()
+    _root: Optional[nn.Module] = None
+
+    def trace(self, root, concrete_args=None):
         self._root = root
+        return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return m is not self._root
@@ -75,7 +78,7 @@ def _visit(module: nn.Module, name: str, cfg: QuantConfig, log: tuple) -> nn.Mod
 def _rewrite_adds(module: nn.Module, name: str, cfg: QuantConfig, log: tuple) -> Optional[fx.GraphModule]:
     failures, seen = log
     try:
-        graph = _ChildrenAsLeaves(module).trace(module)
+        graph = _ChildrenAsLeaves().trace(module)
     except Exception as error:  # any tracing failure: keep the module's own forward
         failures.append((name, type(module).__name__, error))
         return None
