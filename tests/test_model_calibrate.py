@@ -137,3 +137,13 @@ def test_nested_calibration_is_refused():
         with pytest.raises(RuntimeError, match="already calibrating"):
             with calibration_mode(q):
                 pass
+
+
+def test_hand_built_qlayers_models_calibrate_too():
+    import qlayers
+    import quantizers as qz
+
+    model = nn.Sequential(qlayers.QuantLinear(8, 4, input_quant=qz.Int8ActPerTensorFloat, input_observer="global_minmax",
+                                              input_range_method="max"))
+    calibrate(model, [torch.ones(2, 8) * 5, torch.ones(2, 8)], progress=False)
+    assert float(model[0].input_quant.observer.high) == 5.0 and model[0].input_quant.frozen
