@@ -14,8 +14,11 @@ of those layers and residual adds with ``a_*`` (unless ``quantmode`` is ``weight
   ``weight_only``), ``strategy`` (e.g. ``CNN``, ``Transformer``).
 - ``extra_qconfig_dict``: ``w_observer``/``a_observer`` (``MinMaxObserver``: running min/max over
   batches, i.e. qzoo's ``global_minmax``; ``EMAMinMaxObserver``: ``ema_minmax`` with momentum
-  ``1 - ema_ratio`` = 0.1; ``MSEObserver``: qzoo's MSE range search, an approximation of MQBench's
-  L2 search); weights always take their range from the tensor itself.
+  ``1 - ema_ratio`` = 0.1, which averages min and max for asymmetric schemes as MQBench does but
+  ``max|x|`` for symmetric ones, where MQBench's ``max(-EMA(min), EMA(max))`` can differ slightly;
+  ``MSEObserver``: qzoo's MSE range search, an approximation of MQBench's L2 search). Weights take
+  their range from the tensor at every step (MQBench's weight MinMaxObserver keeps a running range
+  over QAT steps).
   ``w_fakequantize``/``a_fakequantize``: ``E4M3FakeQuantize``, ``E5M2FakeQuantize`` (FP8, scale
   ``max|x| / fp_max``), ``FixedFakeQuantize`` (integers, fixed scale), ``LearnableFakeQuantize``
   (integers with a learned range, LSQ-style). ``w_qscheme``/``a_qscheme``: ``bit``, ``symmetry``
