@@ -3,7 +3,6 @@ import os
 
 os.environ.setdefault("QZOO_COMPILE", "0")
 
-import pytest
 import torch
 from torch import nn
 
@@ -140,8 +139,7 @@ def test_learned_scale_checkpoint_loads_into_a_fresh_model():
         torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)
 
 
-def test_qlayers_exports_when_wired(monkeypatch):
-    # the model tools are importable from qlayers.model whatever qlayers/__init__ exports
+def test_model_tools_are_importable_from_qlayers_model():
     from qlayers import model
 
     for name in ("quantize_model", "calibrate", "calibration_mode", "quantization_disabled", "summary", "load_config"):
