@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
@@ -122,11 +123,8 @@ class NumberFormat:
         every output element is a value of :meth:`values` (or NaN/±Inf).
         """
         check_float_input(x)
-        rounding, saturating = self._resolve(rounding, saturating)
-        carrier = self._carrier(x.dtype)
-        xc = x.to(carrier.dtype)
-        noise = uniform_noise(xc, generator) if rounding == "stochastic" else None
-        return self._round_in_carrier(xc, carrier, rounding, saturating, noise).to(x.dtype)
+        _, rounded = self._round(x, rounding, saturating, generator)
+        return rounded.to(x.dtype)
 
     def encode(
         self,
@@ -139,11 +137,7 @@ class NumberFormat:
         check_float_input(x)
         if not self.has_nan and not torch.compiler.is_compiling() and bool(torch.isnan(x).any()):
             raise ValueError(f"cannot encode NaN: {self.name} has no NaN code")
-        rounding, saturating = self._resolve(rounding, saturating)
-        carrier = self._carrier(x.dtype)
-        xc = x.to(carrier.dtype)
-        noise = uniform_noise(xc, generator) if rounding == "stochastic" else None
-        q = self._round_in_carrier(xc, carrier, rounding, saturating, noise)
+        xc, q = self._round(x, rounding, saturating, generator)
         return self._codes_of(q, negative_nan=torch.signbit(xc)).to(self.code_dtype)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -162,6 +156,17 @@ class NumberFormat:
         return torch.uint8 if self.bits <= 8 else torch.int32
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _round(
+        self, x: torch.Tensor, rounding: Optional[str], saturating: Optional[bool],
+        generator: Optional[torch.Generator],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(x in the carrier dtype, x rounded onto the grid in the carrier dtype)``."""
+        rounding, saturating = self._resolve(rounding, saturating)
+        carrier = self._carrier(x.dtype)
+        xc = x.to(carrier.dtype)
+        noise = uniform_noise(xc, generator) if rounding == "stochastic" else None
+        return xc, self._round_in_carrier(xc, carrier, rounding, saturating, noise)
+
     def _resolve(self, rounding: Optional[str], saturating: Optional[bool]) -> Tuple[str, bool]:
         rounding = self.default_rounding if rounding is None else check_rounding(rounding)
         if saturating is None:
@@ -192,6 +197,26 @@ class NumberFormat:
         positive = values.index(math.inf)
         negative_code = values.index(-math.inf) if -math.inf in values else positive
         return torch.where(negative, negative_code, positive)
+
+
+@dataclass(frozen=True)
+class ByteFormat(NumberFormat):
+    """A one-byte format with a fixed layout whose only option is the overflow policy."""
+
+    saturating: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.saturating, bool):
+            raise TypeError(f"saturating must be a bool, got {self.saturating!r}")
+        self._precompute()
+
+    @property
+    def bits(self) -> int:
+        return 8
+
+    @property
+    def default_saturating(self) -> bool:
+        return self.saturating
 
 
 def check_codes(codes: torch.Tensor, fmt: NumberFormat) -> None:

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .base import NumberFormat
+from .base import ByteFormat
 from .carrier import FLOAT64, Carrier, exp2_int, floor_log2
 from .rounding import round_to_integer
 
@@ -15,7 +15,7 @@ E8M0_BIAS = 127
 
 
 @dataclass(frozen=True)
-class E8M0(NumberFormat):
+class E8M0(ByteFormat):
     """OCP MX scale format: code ``c`` in 0..254 is ``2^(c - 127)``, code 255 is NaN.
 
     No sign, no zero, no Inf. Rounding happens in the linear domain between neighbouring powers of
@@ -32,24 +32,10 @@ class E8M0(NumberFormat):
         [127, 125, 129]
     """
 
-    saturating: bool = True
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.saturating, bool):
-            raise TypeError(f"saturating must be a bool, got {self.saturating!r}")
-        self._precompute()
-
-    @property
-    def bits(self) -> int:
-        return 8
 
     @property
     def signed(self) -> bool:
         return False
-
-    @property
-    def default_saturating(self) -> bool:
-        return self.saturating
 
     @property
     def name(self) -> str:

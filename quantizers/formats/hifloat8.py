@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .base import NumberFormat
+from .base import ByteFormat
 from .carrier import Carrier, carrier_for, exp2_int, floor_log2
 from .floating import finish_rounding
 from .rounding import round_to_integer
@@ -35,7 +35,7 @@ _PREFIXES = ((0b11, 2, 4), (0b10, 2, 3), (0b01, 2, 2), (0b001, 3, 1), (0b0001, 4
 
 
 @dataclass(frozen=True)
-class HiFloat8(NumberFormat):
+class HiFloat8(ByteFormat):
     """HiFloat8 with a choice of overflow policy.
 
     Rounding defaults to ``"away"`` (ties away from zero, the HiF8 specification's rounding). Overflow:
@@ -48,25 +48,11 @@ class HiFloat8(NumberFormat):
         [1.125, 20.0, 32768.0]
     """
 
-    saturating: bool = True
     default_rounding = "away"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.saturating, bool):
-            raise TypeError(f"saturating must be a bool, got {self.saturating!r}")
-        self._precompute()
-
-    @property
-    def bits(self) -> int:
-        return 8
 
     @property
     def signed(self) -> bool:
         return True
-
-    @property
-    def default_saturating(self) -> bool:
-        return self.saturating
 
     @property
     def name(self) -> str:
