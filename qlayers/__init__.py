@@ -56,3 +56,8 @@ __all__ = [
     "QuantLayer", "QuantWeightLayer", "QuantConvNd", "QuantConvTransposeNd", "QuantActivation",
     "BiasQuantizer", "dequantize",
 ]
+
+from . import compat
+from .model import calibrate, calibration_mode, load_config, quantization_disabled, quantize_model, summary
+
+__all__ += ["quantize_model", "load_config", "calibrate", "calibration_mode", "quantization_disabled", "summary", "compat"]
