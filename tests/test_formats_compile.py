@@ -90,10 +90,6 @@ def test_compiled_encode_and_decode_are_bit_identical_to_eager():
     assert_same_floats(got[2], expected[2], all_codes, what="decode")
 
 
-@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.Unsupported, reason=(
-    "BUG: encode cannot be compiled with dynamic=True (nor after automatic-dynamic recompiles): "
-    "dynamo traces through the lru_cache of base._magnitude_table, where math.isfinite on a code "
-    "value fails ('torch.* op returned non-Tensor')"))
 def test_compiled_encode_with_dynamic_shapes():
     fmt = qz.get_format("float8_e4m3fn")
     x = torch.tensor([0.3, -1000.0, 1.0625])

@@ -135,9 +135,6 @@ def test_hifloat8_and_e8m0_reject_a_non_bool_saturating_field(cls, value):
         cls(saturating=value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: FloatFormat(exponent_bits=1, mantissa_bits=0, special='fn') (only 0 and NaN) fails inside "
-    "_precompute with Python's own 'min() arg is an empty sequence' instead of naming the arguments"))
 def test_float_format_without_a_nonzero_finite_value_is_refused_clearly():
     with pytest.raises(ValueError, match="exponent_bits|mantissa_bits|special"):
         qz.FloatFormat(exponent_bits=1, mantissa_bits=0, special="fn")

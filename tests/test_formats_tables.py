@@ -420,12 +420,7 @@ def custom_float_formats():
                if (e, m) != (1, 0) or special in ("fnuz", "none")]  # E1M0 ieee/fn has no nonzero finite value
     configs += [(3, 2, 5, "ieee", False), (4, 1, 0, "fn", False), (2, 2, -3, "none", False), (4, 3, 11, "none", True),
                 (3, 0, -4, "ieee", True), (4, 2, 20, "fnuz", True)]
-    e1_ieee_bug = pytest.mark.xfail(strict=True, reason=(
-        "BUG: FloatFormat(exponent_bits=1, special='ieee') has only subnormals (min_exponent 1-bias > "
-        "max_exponent -bias); the kernel's clamp(min_exponent, max_exponent) then picks -bias and rounds "
-        "onto a grid twice as fine: FloatFormat(1, 2, 0, 'ieee').quantize([0.25, 0.3, 0.75]) gives "
-        "[0.25, 0.25, 0.75], expected [0.0, 0.5, 1.0] (values 0, 0.5, 1, 1.5)"))
-    return [pytest.param(*c, marks=e1_ieee_bug) if c[0] == 1 and c[3] == "ieee" else c for c in configs]
+    return configs
 
 
 @pytest.mark.parametrize("exponent_bits, mantissa_bits, bias, special, signed", custom_float_formats())

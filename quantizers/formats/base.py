@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -63,8 +63,18 @@ class NumberFormat:
     def _precompute(self) -> None:
         """Fill the cached facts now, so kernels never compute them inside a compiled region
         (``functools.cached_property`` takes a lock there, which ``torch.compile`` cannot trace)."""
-        for name in ("code_values", "has_nan", "has_inf", "max_value", "min_value", "min_subnormal"):
+        for name in ("code_values", "has_nan", "has_inf", "max_value", "min_value", "min_subnormal", "magnitude_codes"):
             getattr(self, name)
+
+    @functools.cached_property
+    def magnitude_codes(self) -> Tuple[Tuple[float, ...], Tuple[int, ...]]:
+        """Ascending finite magnitudes and, for each, the code of its non-negative representative."""
+        best: Dict[float, int] = {}
+        for code, value in enumerate(self.code_values):
+            if math.isfinite(value) and (value > 0 or (value == 0 and math.copysign(1, value) > 0)):
+                best.setdefault(value, code)
+        magnitudes = tuple(sorted(best))
+        return magnitudes, tuple(best[m] for m in magnitudes)
 
     @functools.cached_property
     def code_values(self) -> Tuple[float, ...]:
@@ -144,7 +154,7 @@ class NumberFormat:
         """The float32 value of every code (integer tensor with values in ``[0, 2^bits)``)."""
         check_codes(codes, self)
         index = codes.to(torch.int64)
-        value = _decode_table(self, codes.device)[index]
+        value = _table(self.code_values, torch.float32, codes.device)[index]
         if self.signed:
             # -0 computed at run time: compiled graphs may fold a table's -0.0 into 0.0.
             negative_zero = ((index >> (self.bits - 1)) & 1).bool() & (value == 0)
@@ -180,7 +190,8 @@ class NumberFormat:
 
         NaN codes take their sign from ``negative_nan`` (the input's sign bit, as ml_dtypes does):
         the sign of a NaN produced by arithmetic is not reliable, least of all in compiled code."""
-        magnitudes, magnitude_codes = _magnitude_table(self, q.device, q.dtype)
+        magnitudes = _table(self.magnitude_codes[0], q.dtype, q.device)
+        magnitude_codes = _table(self.magnitude_codes[1], torch.int64, q.device)
         index = torch.searchsorted(magnitudes, q.abs().contiguous()).clamp(max=magnitudes.numel() - 1)
         codes = magnitude_codes[index]
         negative = torch.signbit(q)
@@ -242,22 +253,14 @@ def _finite_sorted(values: Tuple[float, ...]) -> List[float]:
     return sorted(set(_finite(values)))
 
 
-@functools.lru_cache(maxsize=None)
-def _decode_table(fmt: NumberFormat, device: torch.device) -> torch.Tensor:
-    return torch.tensor(fmt.code_values, dtype=torch.float32, device=device)
+def _table(values: Tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A constant table as a tensor: cached per dtype and device in eager mode; built in place
+    while compiling (the compiler folds it into a constant and cannot trace the cache)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_table(values, dtype, device)
 
 
-@functools.lru_cache(maxsize=None)
-def _magnitude_table(
-    fmt: NumberFormat, device: torch.device, dtype: torch.dtype
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Ascending finite magnitudes and, for each, the code of its non-negative representative."""
-    best = {}
-    for code, value in enumerate(fmt.code_values):
-        if math.isfinite(value) and (value > 0 or (value == 0 and math.copysign(1, value) > 0)):
-            best.setdefault(value, code)
-    magnitudes = sorted(best)
-    return (
-        torch.tensor(magnitudes, dtype=dtype, device=device),
-        torch.tensor([best[m] for m in magnitudes], dtype=torch.int64, device=device),
-    )
+@functools.lru_cache(maxsize=256)
+def _cached_table(values: Tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)

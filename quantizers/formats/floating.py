@@ -67,8 +67,12 @@ class FloatFormat(NumberFormat):
             raise ValueError('special="fnuz" puts NaN on the negative-zero code and needs signed=True')
         if self.bits > 16:
             raise ValueError(f"FloatFormat supports at most 16 bits per code; got {self.bits}")
-        if self.special == "ieee" and self.mantissa_bits == 0 and self.exponent_bits == 1:
-            raise ValueError("an IEEE-style format with exponent_bits=1 and no mantissa has no finite normal")
+        if not any(v != 0 and math.isfinite(v) for v in self.code_values):
+            raise ValueError(
+                f"FloatFormat(exponent_bits={self.exponent_bits}, mantissa_bits={self.mantissa_bits}, "
+                f"special={self.special!r}) has no nonzero finite value; add exponent or mantissa bits "
+                "or choose a special policy that spends fewer codes"
+            )
         self._precompute()
 
     # ---- description -------------------------------------------------------------------------
@@ -149,7 +153,7 @@ class FloatFormat(NumberFormat):
     ) -> torch.Tensor:
         # Within binade [2^E, 2^(E+1)) (E clamped to the subnormal binade below) the grid step is
         # 2^(E - M): scale so the neighbours are consecutive integers, round, scale back; all exact.
-        exponent = floor_log2(x.abs(), carrier).clamp(self.min_exponent, self.max_exponent)
+        exponent = floor_log2(x.abs(), carrier).clamp(self.min_exponent, max(self.min_exponent, self.max_exponent))
         step_exponent = exponent - self.mantissa_bits
         scaled = x * exp2_int(-step_exponent, carrier)
         ties_up = scaled.abs() >= 1 if self.mantissa_bits == 0 else None
