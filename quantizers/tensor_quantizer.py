@@ -75,6 +75,7 @@ class TensorQuantizer(nn.Module):
         self.saturating = saturating
         self.calibrating = False
         self._warned_uncalibrated = False
+        self._warned_padding = False
 
     @property
     def is_static(self) -> bool:
@@ -154,7 +155,21 @@ class TensorQuantizer(nn.Module):
     def _fake_quantize(self, layout: torch.Tensor, scales: Scales) -> torch.Tensor:
         return fake_quantize_layout(layout, scales, self.fmt, self.rounding, self.saturating)
 
+    def _warn_if_mostly_padding(self, x: torch.Tensor) -> None:
+        granularity = self.granularity
+        if not granularity.is_grouped or self._warned_padding or torch.compiler.is_compiling() or x.ndim == 0:
+            return
+        length = x.shape[granularity.resolve_axis(x.ndim)]
+        if 0 < length < granularity.group_size:
+            logger.warning(
+                "%s: groups of %d along a dimension of only %d elements are mostly zero padding "
+                "(packed storage grows, every element gets its own scale); use a smaller group_size "
+                "or another format for this tensor", self.extra_repr(), granularity.group_size, length,
+            )
+            self._warned_padding = True
+
     def forward(self, x: torch.Tensor) -> QuantTensor:
+        self._warn_if_mostly_padding(x)
         # float16 cannot hold scales such as 2^-127 (MX) or amax * 2^16 (HiF8 search): compute in
         # float32 and return float16 values.
         if x.dtype == torch.float16:

@@ -20,6 +20,7 @@ EQUIVALENT = [
     ({"format": "uint8"}, "output", qz.Uint8ActPerTensorFloat),
     ({"format": "int8", "granularity": "token"}, "input", qz.Int8ActPerTokenFloat),
     ({"format": "int4", "granularity": "block", "group_size": 128}, "weight", qz.Int4WeightPerGroupFloat),
+    ({"format": "int4", "granularity": "group"}, "weight", qz.Int4WeightPerGroupFloat),  # the zoo's default 128
     ({"format": "float8_e4m3fn"}, "weight", qz.Fp8e4m3OCPWeightPerTensorFloat),
     ({"format": "float8_e4m3fn"}, "input", qz.Fp8e4m3OCPActPerTensorFloat),
     ({"format": "float8_e5m2", "granularity": "channel"}, "weight", qz.Fp8e5m2OCPWeightPerChannelFloat),
@@ -110,7 +111,6 @@ def test_generic_float_format_uses_element_format():
     [
         ({"format": "int9"}, "weight", ValueError, ["weights.format='int9'", "allowed values", "int8"]),
         ({"format": "int8", "granularity": "chanel"}, "weight", ValueError, ["weights.granularity='chanel'", "did you mean 'channel'"]),
-        ({"format": "int8", "granularity": "group"}, "weight", ValueError, ["needs weights.group_size"]),
         ({"format": "int8", "group_size": 32}, "weight", ValueError, ["weights.group_size=32", "granularity"]),
         ({"format": "mxfp4", "granularity": "channel"}, "weight", ValueError, ["block format"]),
         ({"format": "mxfp4", "scale": "float"}, "weight", ValueError, ["weights.scale='float'", "e8m0_floor"]),

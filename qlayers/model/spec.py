@@ -17,7 +17,7 @@ Keys (all but ``format`` optional):
     ``"nvfp4"``. Biases also accept ``"int32"``.
 ``granularity``
     ``"tensor"`` (default), ``"channel"``, ``"group"`` / ``"block"`` (default for block formats),
-    ``"token"`` (dynamic activations); ``group_size`` (block formats: 32, NVFP4: 16), ``group_dim``,
+    ``"token"`` (dynamic activations); ``group_size`` (block formats: 32, NVFP4: 16, other groups: 128), ``group_dim``,
     ``channel_axis`` (default: the layer's layout).
 ``symmetric`` (True), ``narrow``
     integer range; ``narrow`` defaults to True for symmetric signed weights and dynamic activations
@@ -239,10 +239,8 @@ def _granularity(spec, kind, block, path):
         if group_size is not None:
             raise ValueError(f"{join(path, 'group_size')}={group_size!r} needs granularity 'group' or 'block', got {granularity!r}")
         return granularity, None
-    if group_size is None:
-        if not block:
-            raise ValueError(f"{gpath}={spec.get('granularity')!r} needs {join(path, 'group_size')} (e.g. 32 or 128)")
-        group_size = 16 if block == "nvfp4" else 32
+    if group_size is None:  # the zoo's defaults: NVFP4 16, MX 32, integer groups 128 (GPTQ/AWQ)
+        group_size = 16 if block == "nvfp4" else 32 if block else 128
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
         raise bad_type(join(path, "group_size"), group_size, "a positive int")
     return granularity, group_size
