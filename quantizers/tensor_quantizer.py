@@ -170,20 +170,21 @@ class TensorQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> QuantTensor:
         self._warn_if_mostly_padding(x)
-        # float16 cannot hold scales such as 2^-127 (MX) or amax * 2^16 (HiF8 search): compute in
-        # float32 and return float16 values.
-        if x.dtype == torch.float16:
-            half_input, x = x, x.float()
-        else:
-            half_input = None
         if self.observer is None and self.range_method == "max" and self.rounding != "stochastic":
-            value_, scales = quantize_from_own_range(x, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating)
-        else:
-            scales = self.scaler(self.observed_statistic(x))
-            value_ = self._fake_quantize(self.granularity.layout(x), scales)
-        if half_input is not None:
-            value_ = value_.to(half_input.dtype)
-        return self._wrap(x, value_, scales)
+            work = x.float() if x.dtype == torch.float16 else x
+            value_, scales = quantize_from_own_range(work, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating)
+            return self._wrap(work, value_.to(x.dtype), scales)
+        return self.quantize_with(x, self.observed_statistic(x))
+
+    def quantize_with(self, x: torch.Tensor, stat: Statistic) -> QuantTensor:
+        """Quantize ``x`` with the scales this quantizer's rule derives from ``stat`` (an absolute
+        maximum, or ``(min, max)``, shaped per scale): the extension point for code that supplies
+        its own ranges (fixed, learned or frozen). float16 inputs are computed in float32 (float16
+        cannot hold scales such as 2^-127) and come back as float16."""
+        work = x.float() if x.dtype == torch.float16 else x
+        scales = self.scaler(stat)
+        value_ = self._fake_quantize(self.granularity.layout(work), scales)
+        return self._wrap(work, value_.to(x.dtype), scales)
 
     def _wrap(self, x: torch.Tensor, value_: torch.Tensor, scales: Scales) -> QuantTensor:
         integer = isinstance(self.fmt, IntFormat)

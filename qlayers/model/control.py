@@ -77,11 +77,7 @@ class ControlledTensorQuantizer(TensorQuantizer):
             stat = self.observed_statistic(x)
         else:
             return super().forward(x)
-        # float16 cannot hold every scale: compute in float32, return float16 (as TensorQuantizer)
-        work = x.float() if x.dtype == torch.float16 else x
-        scales = self.scaler(stat)
-        value_ = self._fake_quantize(self.granularity.layout(work), scales).to(x.dtype)
-        return self._wrap(work, value_, scales)
+        return self.quantize_with(x, stat)
 
     # ---- learned range -------------------------------------------------------------------------
     def learn_range(self, initial: Optional[object] = None) -> None:
