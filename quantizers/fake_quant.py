@@ -56,14 +56,52 @@ def fake_quantize(
     With a float ``offset`` (coreai_opt's MINVAL formulation, ``offset = min``) the map is
     ``(Q(clamp((x - offset) / scale + zero_point)) - zero_point) * scale + offset``, so the code
     ``zero_point`` dequantizes to ``offset`` exactly.
+
+    When only ``x`` needs a gradient (weights and activations with statistics-derived scales), the
+    backward pass keeps nothing but ``x`` and the scales and recomputes the in-range mask, so QAT
+    holds no full-size intermediate for backward.
     """
-    y = (x if offset is None else x - offset) / scale
-    if zero_point is not None:
-        y = y + zero_point
     resolved = fmt.default_saturating if saturating is None else saturating
-    if resolved or not (fmt.has_inf or fmt.has_nan):
-        y = torch.clamp(y, fmt.min_value, fmt.max_value)
+    bounds = (fmt.min_value, fmt.max_value) if resolved or not (fmt.has_inf or fmt.has_nan) else None
+    parameters = tuple(t for t in (scale, zero_point, offset) if isinstance(t, torch.Tensor))
+    if (
+        torch.is_grad_enabled() and x.requires_grad and rounding != "stochastic"
+        and not any(t.requires_grad for t in parameters)
+    ):
+        return _FakeQuantizeInput.apply(x, scale, zero_point, offset, fmt, rounding, saturating, bounds)
+    return _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset, bounds)
+
+
+def _scaled(x, scale, zero_point, offset):
+    y = (x if offset is None else x - offset) / scale
+    return y if zero_point is None else y + zero_point
+
+
+def _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset, bounds):
+    """The formula, differentiable in every tensor argument (straight through ``Q``)."""
+    y = _scaled(x, scale, zero_point, offset)
+    if bounds is not None:
+        y = torch.clamp(y, *bounds)
     q = round_to_format_ste(y, fmt, rounding, saturating, generator)
     if zero_point is not None:
         q = q - zero_point
     return q * scale if offset is None else q * scale + offset
+
+
+class _FakeQuantizeInput(torch.autograd.Function):
+    """:func:`fake_quantize` differentiable in ``x`` only: forward is the exact formula, backward
+    passes the gradient where ``clamp`` did not saturate, recomputing that mask from ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, offset, fmt, rounding, saturating, bounds):  # noqa: D401
+        ctx.save_for_backward(x, scale, zero_point, offset)
+        ctx.bounds = bounds
+        return _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, None, offset, bounds)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, scale, zero_point, offset = ctx.saved_tensors
+        if ctx.bounds is not None:
+            y = _scaled(x, scale, zero_point, offset)
+            grad = torch.where((y >= ctx.bounds[0]) & (y <= ctx.bounds[1]), grad, torch.zeros_like(grad))
+        return grad, None, None, None, None, None, None, None
