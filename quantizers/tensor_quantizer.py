@@ -201,6 +201,13 @@ class TensorQuantizer(nn.Module):
                 scale_format=self.scaler.scale_format,
             )
         cls = IntQuantTensor if integer else FloatQuantTensor
+        if self.granularity.kind == "tile":  # back to the tensor's shape, scales element-wise
+            untile = self.granularity.from_layout
+            common.update(
+                value_=untile(value_, x.shape),
+                scale_=untile(scales.effective_scale, x.shape),
+                zero_point_=None if zero_point is None else untile(zero_point, x.shape),
+            )
         return cls(**common)
 
 

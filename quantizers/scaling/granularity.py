@@ -11,6 +11,10 @@ which dimensions to reduce:
   ``(n_groups, group_size)``; the scale has shape ``[..., n_groups, 1, ...]``.
 - ``"token"``: one scale per row, reducing over ``axis`` (default the last, feature axis) only;
   computed at run time from each activation.
+- ``"tile"``: 2-D blocks of ``tile_shape = (rows, cols)`` over dims 0 and 1 (e.g. 128x128 tiles of
+  a weight; further dims, such as a conv kernel's, belong to the tile). Both dims are zero-padded
+  to whole tiles; the layout is ``(R/rows, rows, C/cols, cols, ...)`` and the scale
+  ``(R/rows, 1, C/cols, 1, ...)``. :meth:`Granularity.from_layout` returns to the original shape.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch
 
 from ..tensor.grouping import to_groups
 
-GRANULARITIES = ("tensor", "channel", "group", "token")
+GRANULARITIES = ("tensor", "channel", "group", "token", "tile")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Granularity:
     kind: str = "tensor"
     axis: int = 0
     group_size: Optional[int] = None
+    tile_shape: Optional[Tuple[int, int]] = None
 
     def __post_init__(self) -> None:
         if self.kind not in GRANULARITIES:
@@ -40,6 +45,11 @@ class Granularity:
         if self.kind == "group":
             if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size <= 0:
                 raise ValueError(f"group_size must be a positive int for granularity='group', got {self.group_size!r}")
+        if self.kind == "tile":
+            shape = self.tile_shape
+            if not (isinstance(shape, tuple) and len(shape) == 2
+                    and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+                raise ValueError(f"tile_shape must be a pair of positive ints for granularity='tile', got {shape!r}")
 
     @property
     def is_grouped(self) -> bool:
@@ -55,13 +65,26 @@ class Granularity:
         """``x`` in the layout statistics are reduced over (grouped and zero-padded for ``"group"``)."""
         if self.kind == "group":
             return to_groups(x, self.resolve_axis(x.ndim), self.group_size)
+        if self.kind == "tile":
+            if x.ndim < 2:
+                raise ValueError(f"granularity='tile' needs a tensor with at least 2 dimensions, got shape {tuple(x.shape)}")
+            rows, cols = self.tile_shape
+            return to_groups(to_groups(x, 1, cols), 0, rows)
         return x
+
+    def from_layout(self, laid_out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """A tensor in the ``"tile"`` layout (or broadcastable to it) back in ``shape``."""
+        full = laid_out.expand(*self.layout(torch.empty(shape, device="meta")).shape)
+        merged = full.flatten(0, 1).flatten(1, 2)
+        return merged[: shape[0], : shape[1]]
 
     def reduce_dims(self, x: torch.Tensor) -> Tuple[int, ...]:
         """Dimensions of ``self.layout(x)`` that one scale covers."""
         ndim = x.ndim
         if self.kind == "tensor" or ndim == 0:
             return tuple(range(ndim))
+        if self.kind == "tile":
+            return (1, 3, *range(4, ndim + 2))
         axis = self.resolve_axis(ndim)
         if self.kind == "channel":
             return tuple(d for d in range(ndim) if d != axis)

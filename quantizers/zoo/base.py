@@ -35,8 +35,9 @@ class Quantizer:
         e8m0: floor/rceil/ceil/even); ``symmetric``; ``zero_point_formulation`` (``"zp"`` or
         coreai_opt's ``"minval"``).
     Granularity
-        ``granularity`` (``"tensor"``, ``"channel"``, ``"group"``, ``"token"``), ``channel_axis``,
-        ``group_size``, ``group_dim`` (``None``: chosen by the layer).
+        ``granularity`` (``"tensor"``, ``"channel"``, ``"group"``, ``"token"``, ``"tile"``),
+        ``channel_axis``, ``group_size``, ``group_dim`` (``None``: chosen by the layer),
+        ``tile_shape`` (2-D blocks over dims 0 and 1 for ``"tile"``, default 128 x 128).
     Range
         ``range_method`` (``"max"``, ``"percentile"``, ``"mse"``), ``percentile``, ``mse_ratios``
         (clipping ratios the MSE search tries; default 36 ratios from 0.3 to 1);
@@ -67,6 +68,7 @@ class Quantizer:
     channel_axis = None
     group_size = None
     group_dim = None
+    tile_shape = (128, 128)
     range_method = "max"
     percentile = 99.999
     mse_ratios = None

@@ -84,7 +84,7 @@ def _float_special(standard: str, exponent_bits: int, mantissa_bits: int):
 
 
 @value
-def granularity_object(granularity, channel_axis, group_size, group_dim, layout_defaults) -> Granularity:
+def granularity_object(granularity, channel_axis, group_size, group_dim, tile_shape, layout_defaults) -> Granularity:
     if granularity == "channel":
         axis = layout_defaults["channel_axis"] if channel_axis is None else channel_axis
     elif granularity in ("group", "token"):
@@ -94,7 +94,10 @@ def granularity_object(granularity, channel_axis, group_size, group_dim, layout_
     if granularity == "group" and group_size is None:
         raise QuantizerConfigError("granularity='group' needs group_size (e.g. group_size = 32)")
     try:
-        return Granularity(granularity, axis, group_size if granularity == "group" else None)
+        return Granularity(
+            granularity, axis, group_size if granularity == "group" else None,
+            tuple(tile_shape) if granularity == "tile" and tile_shape is not None else None,
+        )
     except (TypeError, ValueError) as error:
         raise QuantizerConfigError(str(error)) from None
 
