@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import logging
 import os
 import platform
@@ -76,6 +77,9 @@ def environment(args: argparse.Namespace, device: torch.device) -> Dict[str, Any
         brevitas=brevitas_version() if not args.no_brevitas else None,
         git=_git_state(), argv=sys.argv[1:], quick=args.quick,
         inductor_cache=os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default (warm if compiled before)"),
+        # glibc malloc returns large freed blocks to the OS; every call then page-faults its
+        # activation-sized temporaries again (see README): record what tunes that.
+        allocator_env={k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
     )
 
 
@@ -93,13 +97,13 @@ def _git_state() -> Dict[str, Any]:
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "quantizers", "qlayers"],
-            cwd=root, capture_output=True, text=True, check=True,
-        ).stdout.strip()
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--", "quantizers", "qlayers"], cwd=root, capture_output=True, check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return {}
-    return {"commit": commit, "library_dirty": bool(dirty)}
+    # The library is often benchmarked with uncommitted edits: the diff's hash tells runs apart.
+    return {"commit": commit, "library_dirty": bool(diff), "library_diff_sha1": hashlib.sha1(diff).hexdigest() if diff else None}
 
 
 def default_json_path(quick: bool) -> Path:
@@ -140,6 +144,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{env['brevitas'] or 'off'}, load {env['loadavg_start'][0]:.1f}; {len(cases)} cases",
         file=sys.stderr,
     )
+    if env["torch_threads"] > 1 and env["loadavg_start"][0] > 0.5 * (env["cpu_count"] or 1):
+        print(
+            f"warning: load average {env['loadavg_start'][0]:.1f} on {env['cpu_count']} CPUs; with "
+            f"{env['torch_threads']} torch threads every parallel region waits for descheduled threads, so "
+            "small operations (eval rows) measure contention. Compare with --threads 1.",
+            file=sys.stderr,
+        )
 
     started = time.perf_counter()
     results: List[CaseResult] = []
