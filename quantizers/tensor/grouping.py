@@ -86,7 +86,10 @@ def from_groups(grouped: torch.Tensor, group_dim: int, original_shape: Sequence[
             f"grouped axis {d} holds {grouped.shape[d]} groups of {grouped.shape[d + 1]} = {padded} "
             f"elements, which is not the padded length of {length} (original_shape {original_shape})"
         )
-    return grouped.flatten(d, d + 1).narrow(d, 0, length)
+    merged = grouped.flatten(d, d + 1)
+    if merged.shape[d] == length:  # nothing was padded: a plain view, whose gradient is a view too
+        return merged
+    return merged.narrow(d, 0, length)
 
 
 def _normalize_dim(dim: int, ndim: int, argument: str) -> int:
