@@ -1,8 +1,11 @@
 """Fusing the quantization kernels with ``torch.compile``, with an eager fallback.
 
 Kernels are plain tensor functions. :func:`compiled` wraps one so that its first call compiles it
-(``fullgraph=True``, dynamic shapes, so new shapes don't recompile); later calls reuse the compiled
-graph, specialised per dtype, device and quantizer configuration. If compilation fails (for
+(``fullgraph=True``); later calls reuse the compiled graph, specialised per dtype, device and
+quantizer configuration. Shapes follow torch's automatic dynamic shapes: the first graph is
+specialised to its shapes (which lets inductor keep group sizes static and write gradients in
+place: ``dynamic=True`` cost a weight-sized copy per QAT step), and the first change of shape
+recompiles once with dynamic shapes, which every later shape reuses. If compilation fails (for
 example, no C++ compiler for inductor on CPU), qzoo logs one message and runs the eager function
 from then on; results are bit-identical either way.
 
@@ -66,7 +69,7 @@ def compiled(fn: F) -> F:
             return fn(*args, **kwargs)
         if state["compiled"] is None:
             _raise_recompile_limits()
-            state["compiled"] = torch.compile(fn, fullgraph=True, dynamic=True)
+            state["compiled"] = torch.compile(fn, fullgraph=True, dynamic=None)
         try:
             return state["compiled"](*args, **kwargs)
         except Exception as error:  # a compiler failure: fall back, unless the function itself fails
