@@ -5,7 +5,8 @@ Kernels are plain tensor functions. :func:`compiled` wraps one so that its first
 quantizer configuration. Shapes follow torch's automatic dynamic shapes: the first graph is
 specialised to its shapes (which lets inductor keep group sizes static and write gradients in
 place: ``dynamic=True`` cost a weight-sized copy per QAT step), and the first change of shape
-recompiles once with dynamic shapes, which every later shape reuses. If compilation fails (for
+recompiles once with dynamic shapes, which every later shape reuses. Parameters, whose shapes
+never change, use graphs specialised to each shape (one per distinct layer shape). If compilation fails (for
 example, no C++ compiler for inductor on CPU), qzoo logs one message and runs the eager function
 from then on; results are bit-identical either way.
 
@@ -56,10 +57,12 @@ def _raise_recompile_limits() -> None:
             setattr(config, name, 4 * _RECOMPILE_LIMIT)
 
 
-def compiled(fn: F) -> F:
+def compiled(fn: F, dynamic: Optional[bool] = None) -> F:
     """``fn`` compiled on first use when compilation is enabled; ``fn`` itself otherwise.
 
-    Inside a region the caller is already compiling, ``fn`` is called directly (Dynamo inlines it).
+    ``dynamic`` is passed to ``torch.compile`` (``None``: automatic dynamic shapes; ``False``: one
+    graph per shape, for tensors whose shape never changes, such as parameters). Inside a region
+    the caller is already compiling, ``fn`` is called directly (Dynamo inlines it).
     """
     state = {"compiled": None, "failed": False}
 
@@ -69,7 +72,7 @@ def compiled(fn: F) -> F:
             return fn(*args, **kwargs)
         if state["compiled"] is None:
             _raise_recompile_limits()
-            state["compiled"] = torch.compile(fn, fullgraph=True, dynamic=None)
+            state["compiled"] = torch.compile(fn, fullgraph=True, dynamic=dynamic)
         try:
             return state["compiled"](*args, **kwargs)
         except Exception as error:  # a compiler failure: fall back, unless the function itself fails

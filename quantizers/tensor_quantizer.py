@@ -249,12 +249,17 @@ def range_statistic(x: torch.Tensor, granularity: Granularity, needs: str) -> St
 _range_statistic = compiled(range_statistic)
 
 
-@compiled
 def _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating):
     stat = range_statistic(x.detach(), granularity, scaler.needs)
     scales = scaler(stat)
     value_ = fake_quantize_layout(granularity.layout(x), scales, fmt, rounding, saturating)
     return value_, scales.scale, scales.zero_point, scales.outer_scale, scales.offset
+
+
+# Parameters keep their shapes: static graphs let inductor keep group sizes static and write QAT
+# gradients in place; activations change shape (batch, sequence) and use automatic dynamic shapes.
+_fused_for_parameters = compiled(_quantize_from_own_range, dynamic=False)
+_fused_for_activations = compiled(_quantize_from_own_range)
 
 
 def quantize_from_own_range(
@@ -263,5 +268,6 @@ def quantize_from_own_range(
 ) -> Tuple[torch.Tensor, Scales]:
     """Statistic, scales and fake quantization of a weight or dynamic activation in one fused
     kernel (see :mod:`quantizers.compile`): ``(value_, scales)``."""
-    value_, scale, zero_point, outer_scale, offset = _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating)
+    kernel = _fused_for_parameters if isinstance(x, nn.Parameter) else _fused_for_activations
+    value_, scale, zero_point, outer_scale, offset = kernel(x, fmt, granularity, scaler, rounding, saturating)
     return value_, Scales(scale, zero_point, outer_scale, offset)
