@@ -48,3 +48,6 @@ __all__ += [
     "QuantTensor", "IntQuantTensor", "FloatQuantTensor", "GroupwiseIntQuantTensor",
     "GroupwiseFloatQuantTensor", "PackedQuantTensor", *_zoo_all,
 ]
+from .compile import compile_enabled, set_compile_enabled
+
+__all__ += ["compile_enabled", "set_compile_enabled"]
