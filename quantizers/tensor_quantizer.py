@@ -47,6 +47,8 @@ class TensorQuantizer(nn.Module):
         observer: for static activations, aggregates statistics over batches; ``None`` computes
             the statistic from every tensor it sees (weights, dynamic activations).
         rounding, saturating: passed to the format (``None``: the format's defaults).
+        float_range: fixed ``(min, max)`` ends of the range that override the statistics
+            (coreai_opt's ``float_range``); either end may be ``None`` to take it from the data.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class TensorQuantizer(nn.Module):
         observer: Optional[Observer] = None,
         rounding: Optional[str] = None,
         saturating: Optional[bool] = None,
+        float_range: Optional[Tuple[Optional[float], Optional[float]]] = None,
     ) -> None:
         super().__init__()
         if range_method not in RANGE_METHODS:
@@ -73,6 +76,7 @@ class TensorQuantizer(nn.Module):
         self.observer = observer
         self.rounding = rounding
         self.saturating = saturating
+        self.float_range = float_range
         self.calibrating = False
         self._warned_uncalibrated = False
         self._warned_padding = False
@@ -93,12 +97,29 @@ class TensorQuantizer(nn.Module):
         x = x.detach()
         if self.range_method == "percentile":
             if self.scaler.needs == "absmax":
-                return abs_percentile(x, self.granularity, self.percentile)
-            return min_max_percentile(x, self.granularity, self.percentile)
-        stat = _range_statistic(x, self.granularity, self.scaler.needs)
-        if self.range_method == "mse":
-            stat = self._mse_search(x, stat)
-        return stat
+                stat = abs_percentile(x, self.granularity, self.percentile)
+            else:
+                stat = min_max_percentile(x, self.granularity, self.percentile)
+        else:
+            stat = _range_statistic(x, self.granularity, self.scaler.needs)
+            if self.range_method == "mse":
+                stat = self._mse_search(x, stat)
+        return self._fixed_range(x, stat)
+
+    def _fixed_range(self, x: torch.Tensor, stat: Statistic) -> Statistic:
+        """``stat`` with the ends fixed by ``float_range`` (the free end from the data)."""
+        if self.float_range is None:
+            return stat
+        low, high = self.float_range
+        if isinstance(stat, tuple):
+            lo, hi = stat
+            return (lo if low is None else torch.full_like(lo, low), hi if high is None else torch.full_like(hi, high))
+        if low is not None and high is not None:
+            return torch.full_like(stat, max(-low, high))
+        lo, hi = self.granularity.min_max(x)
+        lo = lo if low is None else torch.full_like(lo, low)
+        hi = hi if high is None else torch.full_like(hi, high)
+        return torch.maximum(-lo, hi).to(stat.dtype)
 
     def _mse_search(self, x: torch.Tensor, stat: Statistic) -> Statistic:
         """Per scale, the clipping ratio r (statistic * r) among ``mse_ratios`` with the least
@@ -170,7 +191,7 @@ class TensorQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> QuantTensor:
         self._warn_if_mostly_padding(x)
-        if self.observer is None and self.range_method == "max" and self.rounding != "stochastic":
+        if self.observer is None and self.range_method == "max" and self.rounding != "stochastic" and self.float_range is None:
             work = x.float() if x.dtype == torch.float16 else x
             value_, scales = quantize_from_own_range(work, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating)
             return self._wrap(work, value_.to(x.dtype), scales)

@@ -11,7 +11,7 @@ quantizer, so the scale rules of :mod:`quantizers` stay the one source of the fo
 - ``frozen``: a calibrated static quantizer uses its observer's aggregate in training too, and
   stops updating it (torch.ao's ``disable_observer``).
 - ``float_range = (min, max)``: fixed ends of the range (either may be None), coreai_opt's
-  ``float_range``; the free end comes from the data.
+  ``float_range``; implemented by :class:`~quantizers.TensorQuantizer` itself.
 - ``learned_range``: an ``nn.Parameter`` holding the range statistic (absmax per scale, or stacked
   ``(min, max)``); scales follow it, so gradients reach it through ``scale = amax / max`` and the
   straight-through fake quantization (LSQ's scale gradient; PACT's clipping range).
@@ -31,25 +31,9 @@ class ControlledTensorQuantizer(TensorQuantizer):
 
     observe_only = False
     frozen = False
-    float_range: Optional[Tuple[Optional[float], Optional[float]]] = None
     learns_range = False
 
     # ---- statistics ----------------------------------------------------------------------------
-    def statistic(self, x: torch.Tensor):
-        stat = super().statistic(x)
-        if self.float_range is None:
-            return stat
-        low, high = self.float_range
-        if isinstance(stat, tuple):
-            lo, hi = stat
-            return (torch.full_like(lo, low) if low is not None else lo, torch.full_like(hi, high) if high is not None else hi)
-        if low is not None and high is not None:
-            return torch.full_like(stat, max(-low, high))
-        lo, hi = self.granularity.min_max(x.detach())
-        lo = torch.full_like(lo, low) if low is not None else lo
-        hi = torch.full_like(hi, high) if high is not None else hi
-        return torch.maximum(-lo, hi).to(stat.dtype)
-
     def _learned_statistic(self):
         value = self.learned_range
         if self.scaler.needs == "minmax":
@@ -73,8 +57,6 @@ class ControlledTensorQuantizer(TensorQuantizer):
                 self._mirror_learned_range()
         elif self.frozen and self.observer is not None and self.observer.high.numel() > 0:
             stat = self._aggregate()
-        elif self.float_range is not None:
-            stat = self.observed_statistic(x)
         else:
             return super().forward(x)
         return self.quantize_with(x, stat)

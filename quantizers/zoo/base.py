@@ -40,7 +40,8 @@ class Quantizer:
         ``tile_shape`` (2-D blocks over dims 0 and 1 for ``"tile"``, default 128 x 128).
     Range
         ``range_method`` (``"max"``, ``"percentile"``, ``"mse"``), ``percentile``, ``mse_ratios``
-        (clipping ratios the MSE search tries; default 36 ratios from 0.3 to 1);
+        (clipping ratios the MSE search tries; default 36 ratios from 0.3 to 1), ``float_range``
+        (fixed ``(min, max)`` ends overriding the statistics, either may be ``None``);
         ``observer`` (``None``: statistics from every tensor; ``"minmax"``, ``"global_minmax"``,
         ``"ema_minmax"``, ``"mean"``: static activation ranges) and ``momentum``.
     Role
@@ -72,6 +73,7 @@ class Quantizer:
     range_method = "max"
     percentile = 99.999
     mse_ratios = None
+    float_range = None
     observer = None
     momentum = 0.1
     requires_input_scale = False

@@ -140,7 +140,7 @@ def observer_object(observer, momentum):
 @value
 def tensor_quantizer(
     number_format, granularity_object, scaler_object, range_method, percentile, mse_ratios,
-    observer_object, rounding, saturating,
+    observer_object, rounding, saturating, float_range,
 ) -> TensorQuantizer:
     if range_method not in RANGE_METHODS:
         raise _allowed("range_method", range_method, RANGE_METHODS)
@@ -148,6 +148,11 @@ def tensor_quantizer(
         raise QuantizerConfigError(f"percentile={percentile!r} must be a number in (0, 100]")
     if rounding is not None and rounding not in ROUNDING_MODES:
         raise _allowed("rounding", rounding, ROUNDING_MODES)
+    if float_range is not None:
+        if not (isinstance(float_range, (tuple, list)) and len(float_range) == 2 and all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in float_range)):
+            raise QuantizerConfigError(f"float_range={float_range!r} must be a (min, max) pair of numbers or None")
+        float_range = tuple(None if v is None else float(v) for v in float_range)
     if saturating is False and not (number_format.has_inf or number_format.has_nan):
         raise QuantizerConfigError(
             f"saturating=False needs a format with Inf or NaN for overflow; {number_format.name} has "
@@ -157,6 +162,7 @@ def tensor_quantizer(
         number_format, granularity_object, scaler_object, range_method=range_method,
         percentile=percentile, observer=observer_object,
         mse_ratios=None if mse_ratios is None else torch.tensor(mse_ratios, dtype=torch.float64), rounding=rounding, saturating=saturating,
+        float_range=float_range,
     )
 
 
