@@ -41,10 +41,6 @@ class ControlledTensorQuantizer(TensorQuantizer):
         # a per-tensor range is stored with shape (1,): FSDP refuses 0-d parameters
         return value.abs().reshape(()) if self.granularity.kind == "tensor" else value.abs()
 
-    def _aggregate(self):
-        observer = self.observer
-        return (observer.low, observer.high) if self.scaler.needs == "minmax" else observer.high
-
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor):
         if self.observe_only:
@@ -56,7 +52,7 @@ class ControlledTensorQuantizer(TensorQuantizer):
             if self.training:
                 self._mirror_learned_range()
         elif self.frozen and self.observer is not None and self.observer.high.numel() > 0:
-            stat = self._aggregate()
+            stat = self.observer.value(self.scaler.needs)
         else:
             return super().forward(x)
         return self.quantize_with(x, stat)
@@ -75,7 +71,7 @@ class ControlledTensorQuantizer(TensorQuantizer):
             return False
         if self.learned_range.numel() == 0 and self.observer is not None and self.observer.high.numel() > 0:
             with torch.no_grad():
-                self.learned_range.data = _stack(self._aggregate()).to(self.learned_range.device)
+                self.learned_range.data = _stack(self.observer.value(self.scaler.needs)).to(self.learned_range.device)
         return self.learned_range.numel() > 0
 
     def _mirror_learned_range(self) -> None:
