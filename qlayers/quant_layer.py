@@ -23,7 +23,6 @@ from torch import nn
 from quantizers import QuantTensor
 
 from .quant_args import Layout, QuantizerSpec, make_quantizer, split_overrides
-from .run_quantizer import run_quantizer
 
 MaybeQuant = Union[torch.Tensor, QuantTensor]
 
@@ -64,14 +63,23 @@ class QuantLayer(nn.Module):
         quantizer = self.input_quant
         if quantizer is None:
             return x
-        return run_quantizer(quantizer, dequantize(x))
+        return quantizer(dequantize(x))
 
     def _quant_output(self, y: MaybeQuant, quantizer: Optional[nn.Module]) -> MaybeQuant:
         """``quantizer(y)`` as a QuantTensor or its value, per ``return_quant_tensor``; without a
         quantizer, ``y`` as it is (a QuantTensor only if ``return_quant_tensor``)."""
         if quantizer is not None:
-            y = run_quantizer(quantizer, dequantize(y))
+            y = quantizer(dequantize(y))
         return y if self.return_quant_tensor else dequantize(y)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        # A quantizer that is None has no state, so its keys are unexpected (nn.Module would accept
+        # them because the None submodule is registered). Quantizers turned off by
+        # qlayers.disable_quantization keep theirs (a pre-hook takes their keys first).
+        for role in self.quant_roles:
+            if getattr(self, f"{role}_quant", None) is None:
+                unexpected_keys.extend(k for k in state_dict if k.startswith(f"{prefix}{role}_quant."))
 
     def extra_repr(self) -> str:
         base = super().extra_repr()

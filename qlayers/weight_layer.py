@@ -12,7 +12,6 @@ from quantizers import QuantTensor
 from .bias import BiasQuantizer, accumulator_scales
 from .quant_layer import MaybeQuant, QuantLayer, dequantize
 from .quant_args import Layout, QuantizerSpec
-from .run_quantizer import run_quantizer
 from .weight_cache import WeightCache
 
 
@@ -69,9 +68,9 @@ class QuantWeightLayer(QuantLayer):
             or torch.compiler.is_compiling()
             or (weight.requires_grad and torch.is_grad_enabled())
         ):
-            return run_quantizer(quantizer, weight)
+            return quantizer(weight)
         self._weight_cache.check_values = self.cache_checks_values
-        return self._weight_cache.get(weight, quantizer, lambda: run_quantizer(quantizer, weight))
+        return self._weight_cache.get(weight, quantizer, lambda: quantizer(weight))
 
     def clear_weight_cache(self) -> None:
         """Forget the cached quantized weight (after editing single elements through ``.data``)."""
@@ -99,7 +98,7 @@ class QuantWeightLayer(QuantLayer):
         if bias is None or quantizer is None:
             return bias
         if not isinstance(quantizer, BiasQuantizer):
-            return run_quantizer(quantizer, bias)
+            return quantizer(bias)
         if quant_weight is None:
             quant_weight = self.quant_weight()
         input_scale, weight_scale = accumulator_scales(type(self).__name__, quant_input, quant_weight, **self.bias_channels())

@@ -30,6 +30,7 @@ from .api import quantize
 from .fake_quant import fake_quantize
 from .observers import EMAMinMaxObserver, GlobalMinMaxObserver, LastBatchObserver, MeanObserver, Observer
 from .scaling.granularity import Granularity
+from .scaling.statistics import Range
 from .tensor import (
     FloatQuantTensor,
     GroupwiseFloatQuantTensor,
@@ -38,12 +39,12 @@ from .tensor import (
     PackedQuantTensor,
     QuantTensor,
 )
-from .tensor_quantizer import TensorQuantizer
+from .tensor_quantizer import RangeSource, TensorQuantizer
 from .zoo import *  # noqa: F401,F403  (Quantizer, describe, mixins, predefined quantizers)
 from .zoo import __all__ as _zoo_all
 
 __all__ += [
-    "quantize", "fake_quantize", "Granularity", "TensorQuantizer",
+    "quantize", "fake_quantize", "Granularity", "Range", "TensorQuantizer", "RangeSource",
     "Observer", "LastBatchObserver", "GlobalMinMaxObserver", "EMAMinMaxObserver", "MeanObserver",
     "QuantTensor", "IntQuantTensor", "FloatQuantTensor", "GroupwiseIntQuantTensor",
     "GroupwiseFloatQuantTensor", "PackedQuantTensor", *_zoo_all,

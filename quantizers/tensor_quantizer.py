@@ -1,14 +1,15 @@
 """The runtime quantizer: an ``nn.Module`` that turns a float tensor into a QuantTensor.
 
-Data flows one way: range statistic (from the tensor itself, or an observer for static
-activations) -> :class:`~quantizers.scaling.scalers.Scaler` -> :func:`~quantizers.fake_quant.fake_quantize`
-in the granularity's layout -> QuantTensor. Quantizer classes of the zoo build these modules; the
-module itself knows nothing about mixins.
+Data flows one way: range statistic (from the tensor itself, an observer, fixed ends or a learned
+parameter, as :class:`RangeSource` says) -> :class:`~quantizers.scaling.scalers.Scaler` ->
+:func:`~quantizers.fake_quant.fake_quantize` in the granularity's layout -> QuantTensor. Quantizer
+classes of the zoo build these modules; the module itself knows nothing about mixins.
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from enum import Enum
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -18,8 +19,8 @@ from .fake_quant import fake_quantize
 from .formats import IntFormat, NumberFormat
 from .observers import Observer
 from .scaling.granularity import Granularity
-from .scaling.scalers import Scaler, Scales, Statistic
-from .scaling.statistics import abs_percentile, min_max_percentile
+from .scaling.scalers import Scaler, Scales
+from .scaling.statistics import Range, Statistic, abs_percentile, min_max_percentile
 from .tensor import (
     FloatQuantTensor,
     GroupwiseFloatQuantTensor,
@@ -32,6 +33,44 @@ logger = logging.getLogger(__name__)
 
 RANGE_METHODS = ("max", "percentile", "mse")
 MSE_SAMPLE_SIZE = 65536
+
+
+class RangeSource(str, Enum):
+    """Where a :class:`TensorQuantizer` takes the range statistic its scales come from (its one
+    runtime mode, the attribute ``range_source``; a ``str`` enum, so ``"frozen"`` works too).
+
+    - ``TENSOR``: each tensor's own statistic (weights, dynamic activations).
+    - ``OBSERVER``: a static activation quantizer in its normal mode. In training each batch updates
+      the observer and is quantized with its own statistic; in eval the observer's aggregate is used
+      and not updated (an observer never calibrated falls back to the batch's own statistic, with a
+      warning).
+    - ``OBSERVE``: calibration. The observer (if any) is updated and the input is returned
+      **unquantized**, so later layers see float activations (Brevitas's ``calibration_mode``,
+      torch.ao's observer pass).
+    - ``OBSERVE_AND_QUANTIZE``: calibration that quantizes as it goes: the observer is updated and
+      the batch quantized with its own statistic.
+    - ``FROZEN``: the observer's aggregate, in training too, never updated (torch.ao's
+      ``disable_observer``; set after calibration).
+    - ``FIXED``: ``float_range`` fixes both ends; no statistic or calibration is needed.
+    - ``LEARNED``: the ``learned_range`` parameter (LSQ/PACT-style); gradients reach it through
+      ``scale = amax / max`` and the straight-through fake quantization. It starts from the
+      observer's aggregate after calibration, or from the first tensor's own statistic (weights);
+      until then the quantizer behaves as ``OBSERVER`` (static) or ``TENSOR``.
+    """
+
+    TENSOR = "tensor"
+    OBSERVER = "observer"
+    OBSERVE = "observe"
+    OBSERVE_AND_QUANTIZE = "observe_and_quantize"
+    FROZEN = "frozen"
+    FIXED = "fixed"
+    LEARNED = "learned"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_NEEDS_OBSERVER = (RangeSource.OBSERVER, RangeSource.OBSERVE_AND_QUANTIZE, RangeSource.FROZEN)
 
 
 class TensorQuantizer(nn.Module):
@@ -49,6 +88,13 @@ class TensorQuantizer(nn.Module):
         rounding, saturating: passed to the format (``None``: the format's defaults).
         float_range: fixed ``(min, max)`` ends of the range that override the statistics
             (coreai_opt's ``float_range``); either end may be ``None`` to take it from the data.
+        learned_scale: learn the range (:attr:`RangeSource.LEARNED`): registers the
+            ``learned_range`` parameter (empty until it is initialised, see
+            :meth:`init_learned_range`).
+
+    The attribute ``range_source`` (a :class:`RangeSource`) is the runtime mode; it starts as
+    ``LEARNED`` (``learned_scale``), ``FIXED`` (both ends of ``float_range``), ``OBSERVER`` (an
+    observer) or ``TENSOR``, and the model tools (calibration, freezing) set it.
     """
 
     def __init__(
@@ -63,10 +109,13 @@ class TensorQuantizer(nn.Module):
         rounding: Optional[str] = None,
         saturating: Optional[bool] = None,
         float_range: Optional[Tuple[Optional[float], Optional[float]]] = None,
+        learned_scale: bool = False,
     ) -> None:
         super().__init__()
         if range_method not in RANGE_METHODS:
             raise ValueError(f"range_method={range_method!r} is unknown; allowed values: {', '.join(RANGE_METHODS)}")
+        if not isinstance(learned_scale, bool):
+            raise TypeError(f"learned_scale must be a bool, got {learned_scale!r}")
         self.fmt = fmt
         self.granularity = granularity
         self.scaler = scaler
@@ -77,19 +126,55 @@ class TensorQuantizer(nn.Module):
         self.rounding = rounding
         self.saturating = saturating
         self.float_range = float_range
-        self.calibrating = False
         self._warned_uncalibrated = False
         self._warned_padding = False
+        if learned_scale:
+            self.range_source = RangeSource.LEARNED
+        elif float_range is not None and None not in tuple(float_range):
+            self.range_source = RangeSource.FIXED
+        else:
+            self.range_source = self.default_range_source
+
+    # ---- range source ------------------------------------------------------------------------
+    @property
+    def range_source(self) -> RangeSource:
+        """The runtime mode (see :class:`RangeSource`); assign a member or its string."""
+        return self._range_source
+
+    @range_source.setter
+    def range_source(self, source: Union[RangeSource, str]) -> None:
+        try:
+            source = RangeSource(source)
+        except ValueError:
+            allowed = ", ".join(repr(s.value) for s in RangeSource)
+            raise ValueError(f"range_source={source!r} is unknown; allowed values: {allowed}") from None
+        if source in _NEEDS_OBSERVER and self.observer is None:
+            raise ValueError(f"range_source={source.value!r} needs an observer; this quantizer has none ({self.extra_repr()})")
+        if source is RangeSource.LEARNED and "learned_range" not in self._parameters:
+            # a per-tensor range is stored with shape (1,) (FSDP refuses 0-d parameters)
+            self.register_parameter("learned_range", nn.Parameter(torch.zeros(0)))
+        self._range_source = source
+
+    @property
+    def default_range_source(self) -> RangeSource:
+        """The mode without calibration, freezing, fixed or learned ranges: ``OBSERVER`` for a
+        static quantizer, ``TENSOR`` otherwise."""
+        return RangeSource.TENSOR if self.observer is None else RangeSource.OBSERVER
 
     @property
     def is_static(self) -> bool:
         return self.observer is not None
 
     def extra_repr(self) -> str:
-        return (
+        text = (
             f"fmt={getattr(self.fmt, 'name', self.fmt)}, granularity={self.granularity}, "
             f"scaler={type(self.scaler).__name__}, range_method={self.range_method!r}"
         )
+        if getattr(self, "_range_source", None) is not None and self._range_source is not self.default_range_source:
+            text += f", range_source={self._range_source.value}"
+        if self.float_range is not None:
+            text += f", float_range={self.float_range}"
+        return text
 
     # ---- statistics --------------------------------------------------------------------------
     def statistic(self, x: torch.Tensor) -> Statistic:
@@ -113,7 +198,7 @@ class TensorQuantizer(nn.Module):
         low, high = self.float_range
         if isinstance(stat, tuple):
             lo, hi = stat
-            return (lo if low is None else torch.full_like(lo, low), hi if high is None else torch.full_like(hi, high))
+            return Range(lo if low is None else torch.full_like(lo, low), hi if high is None else torch.full_like(hi, high))
         if low is not None and high is not None:
             return torch.full_like(stat, max(-low, high))
         lo, hi = self.granularity.min_max(x)
@@ -134,12 +219,12 @@ class TensorQuantizer(nn.Module):
             if sample.numel() > MSE_SAMPLE_SIZE:
                 sample = sample[:: sample.numel() // MSE_SAMPLE_SIZE].contiguous()
             best = _best_per_tensor_ratio(sample, stat, ratios.to(sample.dtype), self.scaler, self.fmt, self.rounding, self.saturating)
-            return tuple(s * best for s in stat) if isinstance(stat, tuple) else stat * best
+            return Range(*(s * best for s in stat)) if isinstance(stat, tuple) else stat * best
         layout = self.granularity.layout(x)
         dims = self.granularity.reduce_dims(x)
         best_error, best = None, stat
         for ratio in ratios.tolist():
-            candidate = tuple(s * ratio for s in stat) if isinstance(stat, tuple) else stat * ratio
+            candidate = Range(*(s * ratio for s in stat)) if isinstance(stat, tuple) else stat * ratio
             error = (self._fake_quantize(layout, self.scaler(candidate)) - layout).pow(2).sum(dim=dims, keepdim=True)
             if best_error is None:
                 best_error, best = error, candidate
@@ -147,30 +232,132 @@ class TensorQuantizer(nn.Module):
             better = error < best_error
             best_error = torch.where(better, error, best_error)
             if isinstance(stat, tuple):
-                best = tuple(torch.where(better, c, b) for c, b in zip(candidate, best))
+                best = Range(*(torch.where(better, c, b) for c, b in zip(candidate, best)))
             else:
                 best = torch.where(better, candidate, best)
         return best
 
-    def observed_statistic(self, x: torch.Tensor) -> Statistic:
-        """The statistic used for ``x``: its own, or the observer's aggregate for static quantizers.
-
-        A static quantizer updates its observer in training and calibration (and uses the batch's
-        own statistic then); in eval it uses the aggregate without looking at the batch, falling
-        back to the batch's own statistic, with a warning, if it was never calibrated.
-        """
-        if self.observer is None:
+    def range_for(self, x: torch.Tensor) -> Statistic:
+        """The statistic that quantizes ``x`` under the current :attr:`range_source` (updating
+        the observer where the source says so)."""
+        source = self._range_source
+        if source is RangeSource.LEARNED:
+            if self.learned_range.numel() == 0 and self.observer is None and not torch.compiler.is_compiling():
+                self.init_learned_range(x)  # a weight's range starts from the weight itself
+            if self.learned_range.numel() > 0:
+                if self.training:
+                    self._mirror_learned_range()
+                return self._learned_statistic()
+            source = self.default_range_source  # static and not calibrated yet
+        if source is RangeSource.TENSOR or source is RangeSource.FIXED:
             return self.statistic(x)
-        if self.training or self.calibrating:
-            stat = self.statistic(x)
-            self.observer.update(stat)
-            return stat
-        if self.observer.is_initialized:
+        if source is RangeSource.OBSERVE_AND_QUANTIZE or source is RangeSource.OBSERVE or (
+            source is RangeSource.OBSERVER and self.training
+        ):
+            return self._observe(x)
+        if self.observer.is_initialized:  # OBSERVER in eval, FROZEN
             return self.observer.value(self.scaler.needs)
         if not self._warned_uncalibrated and not torch.compiler.is_compiling():
             logger.warning("static quantizer %s was never calibrated; using each batch's own range", self)
             self._warned_uncalibrated = True
         return self.statistic(x)
+
+    def _observe(self, x: torch.Tensor) -> Statistic:
+        stat = self.statistic(x)
+        if self.observer is not None:
+            self.observer.update(stat)
+        return stat
+
+    # ---- learned range -----------------------------------------------------------------------
+    def init_learned_range(self, tensor: Optional[torch.Tensor] = None) -> bool:
+        """Fill an empty learned range from ``tensor``'s own statistic (e.g. the weight) or, without
+        one, from the calibrated observer; True if the learned range is set. Initialise it before
+        building the optimizer or a ``DistributedDataParallel`` wrapper: its shape (per scale) is
+        known only then (:func:`qlayers.quantize_model` does it for weights)."""
+        if self._range_source is not RangeSource.LEARNED:
+            return False
+        if self.learned_range.numel() == 0:
+            if tensor is not None:
+                stat = self.statistic(tensor)
+            elif self.observer is not None and self.observer.is_initialized:
+                stat = self.observer.value(self.scaler.needs)
+            else:
+                return False
+            with torch.no_grad():
+                self.learned_range.data = _stack(stat).to(self.learned_range.device)
+        return True
+
+    def _learned_statistic(self) -> Statistic:
+        value = self.learned_range
+        if self.scaler.needs == "minmax":
+            return Range(value[0], value[1])
+        return value.abs().reshape(()) if self.granularity.kind == "tensor" else value.abs()
+
+    def _mirror_learned_range(self) -> None:
+        # The observer follows the learned range (as of the last training step), so what reads the
+        # aggregate (range reports, summaries) sees the learned value.
+        if self.observer is None:
+            return
+        with torch.no_grad():
+            stat = self._learned_statistic()
+            if isinstance(stat, tuple):
+                self.observer.low, stat = stat[0].detach().clone(), stat[1]
+            self.observer.high = stat.detach().clone()
+
+    # ---- state -------------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        error_msgs.extend(self._state_shape_errors(state_dict, prefix))
+        key = prefix + "learned_range"
+        if "learned_range" in self._parameters and key in state_dict:
+            self.learned_range.data = torch.empty_like(state_dict[key], device=self.learned_range.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def _state_shape_errors(self, state_dict, prefix) -> List[str]:
+        """Size-mismatch messages (as ``load_state_dict`` reports them) for observer statistics and
+        learned ranges whose shape does not fit this quantizer.
+
+        Checked: an initialised state must keep its shape; before the first batch the exact
+        per-channel shape is unknown, so a per-tensor quantizer accepts only 0-d statistics (a
+        learned range of one value, two for ``(min, max)``) and a per-channel one only statistics
+        of at least one dimension with at most one dimension (the channel axis) longer than 1; an
+        asymmetric quantizer needs ``observer.low`` shaped like ``observer.high``. Empty tensors
+        (an uncalibrated checkpoint) always load."""
+        errors = []
+        kind = self.granularity.kind
+        if self.observer is not None:
+            loaded = {n: tuple(state_dict[prefix + "observer." + n].shape) for n in ("low", "high") if prefix + "observer." + n in state_dict}
+            for name, shape in loaded.items():
+                key = f"{prefix}observer.{name}"
+                current = tuple(getattr(self.observer, name).shape)
+                if shape == (0,):
+                    continue
+                if current != (0,) and shape != current:
+                    errors.append(f"size mismatch for {key}: copying a statistic with shape {shape} from checkpoint, the shape in current model is {current}.")
+                elif kind == "tensor" and shape != ():
+                    errors.append(f"size mismatch for {key}: copying a statistic with shape {shape} from checkpoint into a per-tensor quantizer, which keeps 0-d statistics.")
+                elif kind != "tensor" and not _fits_per_scale(shape, self.granularity):
+                    errors.append(
+                        f"size mismatch for {key}: copying a statistic with shape {shape} from checkpoint into a "
+                        f"{kind} quantizer (axis {self.granularity.axis}), which keeps one value per {kind} "
+                        "(a shape with at least one dimension, longer than 1 only along its axis)."
+                    )
+            high = loaded.get("high", tuple(self.observer.high.shape))
+            low = loaded.get("low", tuple(self.observer.low.shape))
+            if self.scaler.needs == "minmax" and high != (0,) and low != high:
+                errors.append(
+                    f"size mismatch for {prefix}observer.low: an asymmetric quantizer needs (min, max) statistics, "
+                    f"but the checkpoint has observer.low of shape {low} for observer.high of shape {high} "
+                    "(statistics of a symmetric quantizer?)."
+                )
+        key = prefix + "learned_range"
+        if "learned_range" in self._parameters and key in state_dict:
+            shape, current = tuple(state_dict[key].shape), tuple(self.learned_range.shape)
+            values = 2 if self.scaler.needs == "minmax" else 1
+            if shape != (0,) and current != (0,) and shape != current:
+                errors.append(f"size mismatch for {key}: copying a param with shape {shape} from checkpoint, the shape in current model is {current}.")
+            elif shape != (0,) and kind == "tensor" and shape != (values,):
+                errors.append(f"size mismatch for {key}: copying a param with shape {shape} from checkpoint into a per-tensor quantizer, which keeps shape ({values},).")
+        return errors
 
     # ---- quantization ------------------------------------------------------------------------
     def _fake_quantize(self, layout: torch.Tensor, scales: Scales) -> torch.Tensor:
@@ -189,13 +376,19 @@ class TensorQuantizer(nn.Module):
             )
             self._warned_padding = True
 
-    def forward(self, x: torch.Tensor) -> QuantTensor:
+    def forward(self, x: torch.Tensor) -> Union[QuantTensor, torch.Tensor]:
+        """``x`` quantized with the range :attr:`range_source` gives; under ``OBSERVE`` (calibration
+        without quantization) ``x`` itself, after updating the observer."""
         self._warn_if_mostly_padding(x)
-        if self.observer is None and self.range_method == "max" and self.rounding != "stochastic" and self.float_range is None:
+        source = self._range_source
+        if source is RangeSource.OBSERVE:
+            self._observe(x)
+            return x
+        if source is RangeSource.TENSOR and self.range_method == "max" and self.rounding != "stochastic" and self.float_range is None:
             work = x.float() if x.dtype == torch.float16 else x
             value_, scales = quantize_from_own_range(work, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating)
             return self._wrap(work, value_.to(x.dtype), scales)
-        return self.quantize_with(x, self.observed_statistic(x))
+        return self.quantize_with(x, self.range_for(x))
 
     def quantize_with(self, x: torch.Tensor, stat: Statistic) -> QuantTensor:
         """Quantize ``x`` with the scales this quantizer's rule derives from ``stat`` (an absolute
@@ -260,6 +453,28 @@ def _best_per_tensor_ratio(sample, stat, ratios, scaler, fmt, rounding, saturati
     quantized = fake_quantize(sample[None, :], scale, fmt, zero_point, rounding, saturating)
     errors = torch.nan_to_num((quantized - sample[None, :]).pow(2).sum(dim=1), nan=torch.inf)
     return ratios.gather(0, torch.argmin(errors).reshape(1)).reshape(())
+
+
+def _stack(stat: Statistic) -> torch.Tensor:
+    """A statistic as one tensor of at least one dimension: ``(min, max)`` stacked on a new first
+    axis, an absmax as it is (0-d as shape (1,))."""
+    if isinstance(stat, tuple):
+        return torch.stack([stat[0].detach(), stat[1].detach()]).clone()
+    return stat.detach().clone().reshape(stat.shape or (1,))
+
+
+def _fits_per_scale(shape: Tuple[int, ...], granularity: Granularity) -> bool:
+    """Whether a statistic of ``shape`` can come from ``granularity`` (not per-tensor): at least one
+    dimension, and for ``"channel"`` longer than 1 only along the channel axis."""
+    if len(shape) == 0:
+        return False
+    if granularity.kind != "channel":
+        return True
+    try:
+        axis = granularity.resolve_axis(len(shape))
+    except ValueError:
+        return False
+    return all(n == 1 for d, n in enumerate(shape) if d != axis)
 
 
 def range_statistic(x: torch.Tensor, granularity: Granularity, needs: str) -> Statistic:

@@ -100,8 +100,8 @@ def test_platform_first_signature_and_chip_defaults():
     # BM1690: LearnableFakeQuantize, per-channel symmetric int8 weights (full range, MinMax), EMA acts
     weight_quant = model[0].weight_quant
     assert weight_quant.fmt.name == "int8" and weight_quant.granularity.kind == "channel"
-    assert weight_quant.learns_range
-    assert model[0].input_quant.learns_range and model[0].input_quant.learned_range.numel() == 0
+    assert weight_quant.range_source == "learned"
+    assert model[0].input_quant.range_source == "learned" and model[0].input_quant.learned_range.numel() == 0
     enable_calibration(model)
     model(torch.randn(4, 16))
     enable_quantization(model)

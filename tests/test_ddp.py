@@ -3,7 +3,9 @@ works on CPU): 2 CPU processes, gloo backend.
 
 Each rank calibrates on its own data; DDP's start-up broadcast makes both ranks equal, QAT steps
 (with learned weight and activation ranges) keep them equal, and rank 0's checkpoint loads into a
-fresh quantized model that then computes the same outputs.
+fresh quantized model that then computes the same outputs. Observers agree across ranks (issue 9
+item 5): DDP training without calibration leaves identical observer state on both ranks, and
+calibration with data sharded over the ranks equals calibration on the whole data in one process.
 """
 import os
 
@@ -54,9 +56,33 @@ class Net(nn.Module):
         return self.head(self.block(self.stem(x)))
 
 
-def _quantized_net(seed):
+def _quantized_net(seed, config=CONFIG):
     torch.manual_seed(seed)
-    return quantize_model(Net(), CONFIG)
+    return quantize_model(Net(), config)
+
+
+# one observer kind per layer ("minmax" is the last batch); ranges from each batch's maximum
+OBSERVED = {
+    "weights": {"format": "int8", "granularity": "channel"},
+    "inputs": {"format": "int8", "observer": "global_minmax"},
+    "layers": {
+        "block.fc1": {"inputs": {"format": "int8", "observer": "mean"}},
+        "block.fc2": {"inputs": {"format": "int8", "observer": "ema_minmax", "momentum": 0.5}},
+        "head": {"inputs": {"format": "uint8", "symmetric": False, "observer": "minmax"}},
+    },
+}
+SHARD_BATCHES = 3
+
+
+def _shards():
+    """Per rank, its calibration batches (rank r's batch i has scale i + 2r + 1)."""
+    generator = torch.Generator().manual_seed(300)
+    data = [[torch.randn(4, 8, generator=generator) * (i + 2 * r + 1) for i in range(SHARD_BATCHES)] for r in range(WORLD)]
+    return data
+
+
+def _observer_state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".observer." in k}
 
 
 def _worker(rank, port, out_dir):
@@ -65,6 +91,7 @@ def _worker(rank, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
     try:
         torch.set_num_threads(1)
+        _observer_sync_run(rank, out_dir)
         _ddp_run(rank, out_dir)
         dist.barrier()
         _fsdp_run(rank, out_dir)
@@ -80,6 +107,19 @@ def _ddp_run(rank, out_dir):
     _save(model, lambda t: t, os.path.join(out_dir, f"rank{rank}.pt"))
     if rank == 0:
         torch.save(model.state_dict(), os.path.join(out_dir, "checkpoint.pt"))
+
+
+def _observer_sync_run(rank, out_dir):
+    """Observers only: DDP steps without calibration, and calibration on this rank's shard."""
+    model = _quantized_net(0, OBSERVED)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    generator = torch.Generator().manual_seed(400 + rank)
+    for _ in range(2):  # training mode: static quantizers follow each batch and update their observers
+        ddp(torch.randn(8, 8, generator=generator) * (rank + 1)).sum().backward()
+    trained = _observer_state(model)
+    sharded = _quantized_net(0, OBSERVED)
+    calibrate(sharded, _shards()[rank], progress=False)
+    torch.save({"trained": trained, "calibrated": _observer_state(sharded)}, os.path.join(out_dir, f"observers{rank}.pt"))
 
 
 def _fsdp_run(rank, out_dir):
@@ -146,6 +186,39 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
     _run(_worker, _free_port(), str(out))
     return out
+
+
+@needs_gloo
+def test_ddp_training_without_calibration_keeps_observers_identical(runs):
+    results = [torch.load(runs / f"observers{r}.pt") for r in range(WORLD)]
+    trained = [r["trained"] for r in results]
+    assert sorted(trained[0]) == sorted(trained[1]) and any(k.endswith("observer.low") for k in trained[0])
+    for key in trained[0]:
+        assert not key.endswith("high") or trained[0][key].numel() > 0, key  # every observer saw the batches
+        assert torch.equal(trained[0][key], trained[1][key]), key
+
+
+@needs_gloo
+def test_calibration_sharded_over_ranks_equals_one_process_on_the_whole_data(runs):
+    results = [torch.load(runs / f"observers{r}.pt")["calibrated"] for r in range(WORLD)]
+    for key in results[0]:
+        assert torch.equal(results[0][key], results[1][key]), key
+    shards = _shards()
+    # one process, every batch in turn: global min/max and mean see what the ranks saw together
+    every_batch = _quantized_net(0, OBSERVED)
+    calibrate(every_batch, [x for shard in shards for x in shard], progress=False)
+    # one process, each step's global batch (the ranks' batches together): last batch and EMA
+    global_batches = _quantized_net(0, OBSERVED)
+    calibrate(global_batches, [torch.cat(step) for step in zip(*shards)], progress=False)
+    one, steps = _observer_state(every_batch), _observer_state(global_batches)
+    for key, value in results[0].items():
+        if key.startswith(("stem.", "block.eltwise")):  # global_minmax
+            assert torch.equal(value, one[key]) and torch.equal(value, steps[key]), key
+        elif key.startswith("block.fc1."):  # mean, up to float summation order
+            torch.testing.assert_close(value, one[key], rtol=1e-6, atol=0)
+        else:  # EMA and last batch (head: asymmetric, (min, max))
+            assert torch.equal(value, steps[key]), key
+    assert float(results[0]["block.fc1.input_quant.observer.count"]) == WORLD * SHARD_BATCHES
 
 
 @needs_gloo

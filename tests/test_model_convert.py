@@ -247,4 +247,4 @@ def test_whole_model_pickles_and_deep_copies():
         other.eval(), q.eval()
         with torch.no_grad():
             assert torch.equal(other(x), q(x))
-        assert other.stem.input_quant.frozen
+        assert other.stem.input_quant.range_source == "frozen"

@@ -171,11 +171,11 @@ def test_eval_mode_uses_the_observer_and_does_not_update_it():
 
 def test_calibrating_in_eval_mode_updates_the_observer():
     q = static().eval()
-    q.calibrating = True
+    q.range_source = "observe_and_quantize"
     q(t([255 * 2.0, 0.0]))
     q(t([255 * 8.0, 0.0]))
     assert q.observer.high.item() == 255 * 8.0
-    q.calibrating = False
+    q.range_source = "frozen"
     assert q(t([1.0, 0.0])).scale_.item() == 8.0
 
 

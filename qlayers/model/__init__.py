@@ -6,7 +6,7 @@ quantization (QAT) and describe the result.
 - :func:`calibrate`, :func:`calibration_mode` (:mod:`~qlayers.model.calibrate`);
 - :func:`quantization_disabled`, :func:`disable_quantization`, :func:`enable_quantization`
   (:mod:`~qlayers.model.qat`); learned ranges through ``learned_scale`` in the config
-  (:mod:`~qlayers.model.control`);
+  (:mod:`~qlayers.model.control`, range source ``LEARNED`` of :class:`~quantizers.TensorQuantizer`);
 - :func:`summary` (:mod:`~qlayers.model.summary`).
 """
 from .calibrate import (
@@ -20,7 +20,6 @@ from .calibrate import (
     unfreeze_observers,
 )
 from .config import QuantConfig, load_config, validate_config
-from .control import ControlledTensorQuantizer
 from .convert import quantize_model
 from .qat import disable_quantization, enable_quantization, quantization_disabled
 from .spec import spec_to_quantizer
@@ -30,6 +29,6 @@ __all__ = [
     "quantize_model", "QuantConfig", "load_config", "validate_config", "spec_to_quantizer",
     "calibrate", "calibration_mode", "start_calibration", "finish_calibration", "freeze_observers",
     "unfreeze_observers", "range_report", "CalibrationReport",
-    "quantization_disabled", "disable_quantization", "enable_quantization", "ControlledTensorQuantizer",
+    "quantization_disabled", "disable_quantization", "enable_quantization",
     "summary", "ModelSummary",
 ]

@@ -1,31 +1,45 @@
 """Calibration: collecting the ranges of static activation quantizers before inference or QAT.
 
 During calibration the model is in eval mode and every static quantizer (one with an observer)
-feeds each batch's statistic to its observer. By default activations are **not** quantized while
-calibrating (``quantize=False``): observers see the float network's activations, as in Brevitas's
-``calibration_mode`` and torch.ao's observer pass; weights stay quantized, and biases quantized at
-input scale x weight scale are left float. ``quantize=True`` quantizes as it goes (each layer then
-sees its quantized predecessors; ranges of uncalibrated quantizers come from each batch).
+feeds each batch's statistic to its observer. By default calibration observes the **float
+network**, as Brevitas's ``calibration_mode`` and torch.ao's observer pass do: activations are not
+quantized (every activation quantizer passes its input through, static ones after observing it),
+weight and bias quantization is off, so inside calibration the model computes exactly what the
+float model computes. Two options change that:
 
-When calibration ends, each calibrated quantizer is *frozen*: it uses its observer's aggregate in
-eval **and** in training (QAT) and stops updating it (:func:`unfreeze_observers` undoes that), and
-learned ranges (``learned_scale``) start from the aggregate. Calibrating again continues the
-statistics; ``reset=True`` starts them afresh.
+- ``quantize_weights=True``: observe the weight-quantized network (weights and biases with their
+  own scale quantized; a bias quantized at input scale x weight scale stays float, as there is no
+  input scale yet);
+- ``quantize=True``: quantize activations as they are observed (each layer then sees its quantized
+  predecessors; ranges of uncalibrated quantizers come from each batch); weights are then
+  quantized too unless ``quantize_weights=False``.
+
+When calibration ends, each calibrated quantizer is *frozen* (range source
+:attr:`~quantizers.RangeSource.FROZEN`): it uses its observer's aggregate in eval **and** in
+training (QAT) and stops updating it (:func:`unfreeze_observers` undoes that), and learned ranges
+(``learned_scale``) start from the aggregate. Calibrating again continues the statistics;
+``reset=True`` starts them afresh. Calibrating with no data, or a model with no enabled static
+quantizer (e.g. inside :func:`~qlayers.model.qat.quantization_disabled`), warns.
+
+Under ``torch.distributed`` every rank calibrates on its own shard and the observers combine the
+ranks' statistics (see :mod:`quantizers.observers`): every rank must run the same number of
+batches.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-from quantizers import TensorQuantizer
+from quantizers import RangeSource, TensorQuantizer
 
-from .control import ControlledTensorQuantizer, controlled
-from .qat import disable_roles, quant_layers, restore
+from .qat import ACTIVATION_ROLES, WEIGHT_ROLES, disable_roles, disabled_quantizers, quant_layers, restore
 
 _STATE = "_qzoo_calibration"
 
@@ -37,44 +51,68 @@ def static_quantizers(model: nn.Module) -> Iterator[Tuple[str, TensorQuantizer]]
             yield name, module
 
 
-def start_calibration(model: nn.Module, *, quantize: bool = False, reset: bool = False) -> None:
-    """Put ``model`` in calibration (see the module docstring); :func:`finish_calibration` ends it."""
+def start_calibration(
+    model: nn.Module, *, quantize: bool = False, reset: bool = False, quantize_weights: Optional[bool] = None
+) -> None:
+    """Put ``model`` in calibration (see the module docstring); :func:`finish_calibration` ends it.
+    ``quantize_weights`` defaults to ``quantize``."""
     if _STATE in model.__dict__:
         raise RuntimeError(f"{type(model).__name__} is already calibrating; call finish_calibration(model) first")
-    state: Dict[str, Any] = {"training": [(m, m.training) for m in model.modules()], "disabled": []}
+    quantize_weights = quantize if quantize_weights is None else quantize_weights
+    state: Dict[str, Any] = {"training": [(m, m.training) for m in model.modules()], "disabled": [], "sources": []}
     model.eval()
-    for _, quantizer in static_quantizers(model):
-        controlled(quantizer)
-        if reset:
-            reset_observer(quantizer.observer)
-        quantizer.calibrating, quantizer.frozen, quantizer.observe_only = True, False, not quantize
+    if not quantize_weights:
+        for _, layer in quant_layers(model):
+            state["disabled"] += disable_roles(layer, WEIGHT_ROLES)
     if not quantize:
         for _, layer in quant_layers(model):
             if getattr(getattr(layer, "bias_quant", None), "requires_input_scale", False):
                 state["disabled"] += disable_roles(layer, ["bias"])
+    observing = RangeSource.OBSERVE_AND_QUANTIZE if quantize else RangeSource.OBSERVE
+    for _, quantizer in static_quantizers(model):
+        if reset:
+            quantizer.observer.reset()
+        state["sources"].append((quantizer, quantizer.range_source))
+        quantizer.range_source = observing
+    if not quantize:  # dynamic activation quantizers pass the float activations through too
+        for quantizer in _dynamic_activation_quantizers(model):
+            state["sources"].append((quantizer, quantizer.range_source))
+            quantizer.range_source = RangeSource.OBSERVE
+    state["observed"] = [(q, _observer_state(q)) for q, _ in state["sources"] if q.observer is not None]
+    if not state["observed"]:
+        warnings.warn(_nothing_to_observe(model), UserWarning, stacklevel=_caller_level())
     model.__dict__[_STATE] = state
 
 
 def finish_calibration(model: nn.Module) -> "CalibrationReport":
     """End calibration: freeze calibrated quantizers, initialise learned ranges, restore modes."""
     state = model.__dict__.pop(_STATE, None)
-    for _, quantizer in static_quantizers(model):
-        quantizer.calibrating = False
-        if isinstance(quantizer, ControlledTensorQuantizer):
-            quantizer.observe_only = False
-            if quantizer.observer.high.numel() > 0:
-                quantizer.frozen = True
-            quantizer.init_learned_range()
+    if state is None:  # not calibrating: freeze what is calibrated (as the end of calibration does)
+        sources = [(q, q.range_source) for _, q in static_quantizers(model)]
+    else:
+        sources = state["sources"]
+    for quantizer, previous in sources:
+        quantizer.range_source = _after_calibration(quantizer, previous)
     if state is not None:
         for layer, role in state["disabled"]:
             restore(layer, role)
         for module, training in state["training"]:
             module.training = training
+        observed = state["observed"]
+        if observed and all(_observer_state(q) == before for q, before in observed):
+            warnings.warn(
+                f"calibration of {type(model).__name__} observed no batch: no static quantizer saw any "
+                "data (empty data loader, num_batches=0, or a forward that skips the quantized layers?); "
+                "its activation ranges are unchanged",
+                UserWarning, stacklevel=_caller_level(),
+            )
     return range_report(model)
 
 
 @contextlib.contextmanager
-def calibration_mode(model: nn.Module, *, quantize: bool = False, reset: bool = False):
+def calibration_mode(
+    model: nn.Module, *, quantize: bool = False, reset: bool = False, quantize_weights: Optional[bool] = None
+):
     """Context manager: calibrate static activation quantizers with the batches run inside.
 
     Example::
@@ -83,7 +121,7 @@ def calibration_mode(model: nn.Module, *, quantize: bool = False, reset: bool = 
             for x, _ in loader:
                 qmodel(x)
     """
-    start_calibration(model, quantize=quantize, reset=reset)
+    start_calibration(model, quantize=quantize, reset=reset, quantize_weights=quantize_weights)
     try:
         yield model
     finally:
@@ -96,6 +134,7 @@ def calibrate(
     num_batches: Optional[int] = None,
     *,
     quantize: bool = False,
+    quantize_weights: Optional[bool] = None,
     reset: bool = False,
     forward: Optional[Callable[[nn.Module, Any], Any]] = None,
     progress: bool = True,
@@ -103,6 +142,9 @@ def calibrate(
 ) -> "CalibrationReport":
     """Run ``data`` (at most ``num_batches`` batches) through ``model`` in calibration mode and
     return the collected ranges (printed too with ``verbose=True``).
+
+    By default the float network is observed (see the module docstring): ``quantize_weights=True``
+    observes the weight-quantized one, ``quantize=True`` the fully quantized one.
 
     A batch may be a tensor (``model(batch)``), a tuple/list whose first item is the input (as
     ``(inputs, targets)`` loaders give) or a dict (``model(**batch)``); ``forward(model, batch)``
@@ -115,7 +157,7 @@ def calibrate(
     device = next((t.device for t in itertools.chain(model.parameters(), model.buffers())), None)
     total = num_batches if num_batches is not None else (len(data) if hasattr(data, "__len__") else None)
     batches = data if num_batches is None else itertools.islice(data, num_batches)
-    with torch.no_grad(), calibration_mode(model, quantize=quantize, reset=reset):
+    with torch.no_grad(), calibration_mode(model, quantize=quantize, reset=reset, quantize_weights=quantize_weights):
         for batch in _progress(batches, total, progress):
             run(model, _to_device(batch, device))
     report = range_report(model)
@@ -127,22 +169,67 @@ def calibrate(
 def freeze_observers(model: nn.Module) -> None:
     """Calibrated static quantizers use their aggregate in training too and stop updating it."""
     for _, quantizer in static_quantizers(model):
-        controlled(quantizer).frozen = quantizer.observer.high.numel() > 0
+        if quantizer.range_source is RangeSource.OBSERVER and quantizer.observer.is_initialized:
+            quantizer.range_source = RangeSource.FROZEN
 
 
 def unfreeze_observers(model: nn.Module) -> None:
     """Static quantizers follow each training batch again (and update their observers)."""
     for _, quantizer in static_quantizers(model):
-        controlled(quantizer).frozen = False
+        if quantizer.range_source is RangeSource.FROZEN:
+            quantizer.range_source = RangeSource.OBSERVER
 
 
-def reset_observer(observer: nn.Module) -> None:
-    """Forget every statistic ``observer`` collected."""
-    for name, buffer in list(observer.named_buffers(recurse=False)):
-        if name in ("low", "high"):
-            setattr(observer, name, torch.zeros(0, dtype=buffer.dtype, device=buffer.device))
-        else:
-            buffer.zero_()
+def _after_calibration(quantizer: TensorQuantizer, previous: RangeSource) -> RangeSource:
+    """The range source of ``quantizer`` once calibration ends (``previous``: before it began)."""
+    if previous is RangeSource.LEARNED:
+        quantizer.range_source = previous
+        quantizer.init_learned_range()
+        return previous
+    if quantizer.observer is not None and quantizer.observer.is_initialized and previous in (
+        RangeSource.OBSERVER, RangeSource.FROZEN, RangeSource.OBSERVE, RangeSource.OBSERVE_AND_QUANTIZE,
+    ):
+        return RangeSource.FROZEN
+    if previous in (RangeSource.OBSERVE, RangeSource.OBSERVE_AND_QUANTIZE):
+        return quantizer.default_range_source
+    return previous
+
+
+def _dynamic_activation_quantizers(model: nn.Module) -> Iterator[TensorQuantizer]:
+    for _, layer in quant_layers(model):
+        for role in ACTIVATION_ROLES:
+            quantizer = getattr(layer, f"{role}_quant", None)
+            if isinstance(quantizer, TensorQuantizer) and quantizer.observer is None:
+                yield quantizer
+
+
+def _observer_state(quantizer: TensorQuantizer) -> Tuple[int, int]:
+    """What changes when an observer takes a batch (its ``high`` buffer is replaced or written)."""
+    high = quantizer.observer.high
+    return id(high), high._version
+
+
+def _nothing_to_observe(model: nn.Module) -> str:
+    disabled = [
+        name or type(layer).__name__ for name, layer in quant_layers(model)
+        if any(getattr(q, "observer", None) is not None for q in disabled_quantizers(layer).values())
+    ]
+    text = f"calibration of {type(model).__name__} observes nothing: it has no enabled static (observer) quantizer"
+    if disabled:
+        more = " and others" if len(disabled) > 3 else ""
+        text += (
+            f"; the static quantizers of {', '.join(repr(n) for n in disabled[:3])}{more} are disabled "
+            "(inside quantization_disabled, or after disable_quantization?)"
+        )
+    return text
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the user's frame, above calibrate / calibration_mode / contextlib."""
+    frame, level = inspect.currentframe().f_back, 1  # level 1: the function that warns
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("qlayers.", "contextlib")):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -191,7 +278,7 @@ def range_report(model: nn.Module) -> CalibrationReport:
     for name, quantizer in static_quantizers(model):
         observer = quantizer.observer
         fmt = getattr(quantizer.fmt, "name", str(quantizer.fmt))
-        if observer.high.numel() == 0:
+        if not observer.is_initialized:
             rows.append(RangeRow(name, fmt, quantizer.granularity.kind, 0, None, None))
             continue
         high = observer.high.detach()

@@ -40,6 +40,11 @@ def disabled_roles(layer: QuantLayer) -> List[str]:
     return list(_stash(layer))
 
 
+def disabled_quantizers(layer: QuantLayer) -> Dict[str, nn.Module]:
+    """``role -> quantizer`` for the quantizers of ``layer`` that are currently disabled."""
+    return dict(_stash(layer))
+
+
 def disable_quantization(
     module: nn.Module, *, weights: bool = True, activations: bool = True, layers: Optional[Sequence[str]] = None
 ) -> List[Tuple[QuantLayer, str]]:

@@ -6,14 +6,13 @@ A scaler says which statistic it needs (``"absmax"`` or ``"minmax"``) and turns 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Optional
 
 import torch
 
-from ..formats import FloatFormat, HiFloat8, IntFormat, NumberFormat, get_format
+from ..formats import IntFormat, NumberFormat, get_format
 from . import block_scales, rules
-
-Statistic = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+from .statistics import Statistic
 
 
 @dataclass
@@ -143,7 +142,3 @@ class NVFP4Scaler(Scaler):
     def __call__(self, stat: Statistic) -> Scales:
         block_scale, tensor_scale = block_scales.nvfp4_scales(stat, stat.amax(), self.fmt.max_value)
         return Scales(block_scale, outer_scale=tensor_scale)
-
-
-def is_float_format(fmt: NumberFormat) -> bool:
-    return isinstance(fmt, (FloatFormat, HiFloat8))

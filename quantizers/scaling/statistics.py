@@ -6,13 +6,23 @@ returns tensors shaped to broadcast against it (0-d for per-tensor).
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import NamedTuple, Tuple, Union
 
 import torch
 
 from .granularity import Granularity
 
-STATISTICS = ("absmax", "minmax", "percentile", "mse")
+
+class Range(NamedTuple):
+    """A ``(min, max)`` range statistic, each end shaped per scale (what asymmetric scale rules need)."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+#: A range statistic as a scale rule receives it: the absolute maximum (symmetric rules, scaler
+#: ``needs == "absmax"``) or ``(min, max)`` (a :class:`Range` or plain pair; ``needs == "minmax"``).
+Statistic = Union[torch.Tensor, Range, Tuple[torch.Tensor, torch.Tensor]]
 
 
 def _flatten_reduced(x: torch.Tensor, granularity: Granularity) -> Tuple[torch.Tensor, Tuple[int, ...]]:
