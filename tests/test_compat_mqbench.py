@@ -129,7 +129,7 @@ def test_asymmetric_and_power_of_two_schemes():
                                   "w_qscheme": {"bit": 4, "symmetry": True, "per_channel": False, "pot_scale": True},
                                   "a_qscheme": {"bit": 8, "symmetry": False, "per_channel": False, "pot_scale": False}}}
     out = translate(cfg)
-    assert out["weights"] == {"format": "int4", "narrow": False, "granularity": "tensor", "scale": "po2_round"}
+    assert out["weights"] == {"format": "int4", "narrow": False, "full_range_divisor": "half_range", "granularity": "tensor", "scale": "po2_round"}
     assert out["inputs"] == {"format": "uint8", "symmetric": False, "granularity": "tensor", "observer": "ema_minmax"}
     model = prepare_by_platform(build_model(), cfg)
     scale = model[0].quant_weight().scale

@@ -206,7 +206,7 @@ def test_calibration_over_several_batches_averages_the_ranges():
     layer(ones * 2)
     layer(ones * 4)
     layer.eval()
-    assert torch.allclose(layer.input_quant(ones).scale, torch.tensor(3.0 / 127.5), rtol=1e-6)
+    assert torch.allclose(layer.input_quant(ones).scale, torch.tensor(3.0 / 128), rtol=1e-6)
 
 
 def test_shared_weight_quantizer_quantizes_each_layers_own_weight():

@@ -30,7 +30,7 @@ def _model(inputs=A8_GLOBAL, weights=None, **extra):
 
 
 def _fake_int8(x, amax):
-    scale = amax / 127.5  # full-range symmetric int8, as Int8ActPerTensorFloat
+    scale = amax / 128  # full-range symmetric int8, as Int8ActPerTensorFloat and Brevitas
     return torch.clamp(torch.round(x / scale), -128, 127) * scale
 
 

@@ -75,7 +75,9 @@ def test_full_range_int8_when_narrow_is_false():
     cls = spec_to_quantizer({"format": "int8", "narrow": False}, "weight")
     x = torch.tensor([-1.0, 0.5, 1.0])
     qt = qz.quantize(x, cls)
-    assert float(qt.scale) == pytest.approx(1 / 127.5)  # full range [-128, 127], amax / 127.5
+    assert float(qt.scale) == 1 / 128  # full range [-128, 127], amax / 128 (Brevitas)
+    half = spec_to_quantizer({"format": "int8", "narrow": False, "full_range_divisor": "half_range"}, "weight")
+    assert float(qz.quantize(x, half).scale) == pytest.approx(1 / 127.5)  # coreai_opt / MQBench
 
 
 def test_asymmetric_uint8_has_a_zero_point():

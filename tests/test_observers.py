@@ -127,7 +127,7 @@ def test_state_dict_without_observer_keys_leaves_it_uncalibrated(caplog):
     assert not layer.input_quant.observer.is_initialized
     layer.eval()
     with caplog.at_level(logging.WARNING):
-        qt = layer.input_quant(t([1.0, -127.5]))
+        qt = layer.input_quant(t([1.0, -128.0]))
     assert qt.scale_.item() == 1.0  # falls back to the batch's own range
     assert "never calibrated" in caplog.text
 
@@ -190,7 +190,7 @@ def test_ema_quantizer_uses_the_momentum_override():
 def test_default_static_activation_averages_the_percentile_of_each_batch():
     q = qz.build_tensor_quantizer(qz.Int8ActPerTensorFloat).train()  # mean of 99.999th percentiles
     for amax in (2.0, 4.0, 9.0):
-        q(t([-127.5 * amax, 0.5, 1.0]))  # n = 3: the percentile is the maximum
+        q(t([-128 * amax, 0.5, 1.0]))  # n = 3: the percentile is the maximum; scale amax / 128
     q.eval()
     assert q(t([1.0])).scale_.item() == 5.0
 

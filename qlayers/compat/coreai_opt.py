@@ -156,7 +156,7 @@ def _element(dtype: str, qscheme: str) -> Dict[str, Any]:
         return {"format": dtype, "symmetric": False}
     # signed: symmetric = full range, with clipping = narrow; unsigned symmetric = the signed full-range grid
     narrow = qscheme == "symmetric_with_clipping" and not dtype.startswith("u")
-    return {"format": f"int{bits}", "narrow": narrow}
+    return {"format": f"int{bits}", "narrow": narrow, "full_range_divisor": "half_range"}
 
 
 def _granularity(value: Any, act: bool, path: str) -> Dict[str, Any]:

@@ -165,7 +165,7 @@ def _tensor(extra: Mapping[str, Any], prefix: str, chip: str, weights: bool) -> 
     else:
         bit = qscheme["bit"]
         if qscheme["symmetry"]:
-            spec.update(format=f"int{bit}", narrow=bool(qscheme["symmetric_range"]))
+            spec.update(format=f"int{bit}", narrow=bool(qscheme["symmetric_range"]), full_range_divisor="half_range")
         else:
             spec.update(format=f"uint{bit}", symmetric=False)
         if fake == "LearnableFakeQuantize":

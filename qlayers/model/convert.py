@@ -7,10 +7,18 @@ weights, tied weights, names and ``state_dict`` keys stay); ``nn.ReLU``, ``nn.Si
 ``activations`` section. Residual adds in ``forward`` (``a + b`` of two tensors) get a
 :class:`~qlayers.QuantEltwiseAdd` through torch.fx where inputs or outputs are quantized (see
 :mod:`qlayers.model.functional`).
+
+A model that is already quantized is re-quantized per the new config, exactly: every layer this
+module would have created (``QuantLinear`` ... ``QuantHardTanh``, hand-built ones included) goes
+back to its float twin with the very same ``nn.Parameter`` objects, traced residual adds are
+undone, and the float model is then quantized as usual (observers start empty: calibrate again).
+Other QuantLayers (``QuantIdentity``, ``QuantEltwiseAdd`` built by hand) are kept as they are.
 """
 from __future__ import annotations
 
 import copy
+import fnmatch
+import re
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Set, Type, Union
 
@@ -30,7 +38,7 @@ from ..linear import QuantLinear
 from ..quant_layer import QuantLayer
 from .config import QuantConfig, Section, skip_matches, validate_config
 from .control import configure_quantizers
-from .functional import quantize_functional_adds
+from .functional import quantize_functional_adds, traced_adds, untrace
 
 WEIGHT_LAYERS: Dict[Type[nn.Module], Type[QuantLayer]] = {
     nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Conv3d: QuantConv3d,
@@ -62,24 +70,69 @@ def quantize_model(model: nn.Module, config: Union[Mapping[str, Any], QuantConfi
     Static activation quantizers then need :func:`~qlayers.calibrate` (or QAT). Layers are
     matched by exact type, so subclasses of ``nn.Linear`` with their own forward stay float;
     ``nn.MultiheadAttention`` (which reads its projections' weights directly) is left as it is.
-    A module whose forward has residual adds becomes a ``torch.fx.GraphModule`` of the same class
-    name and children when an add is quantized (its Python attributes other than parameters,
-    buffers and submodules are not kept).
+    A module whose forward has residual adds keeps its class and attributes and gains
+    ``eltwise_*`` submodules and a traced forward, checked against its own on the first call (see
+    :mod:`qlayers.model.functional`). With ``inplace=True`` the returned object is ``model``
+    itself; a bare layer (``nn.Linear``) cannot change class in place and raises ``ValueError``.
+    An already quantized model is re-quantized (see the module docstring).
     """
     cfg = validate_config(config)
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_model expects an nn.Module, got {type(model).__name__}")
+    if inplace and (type(model) in WEIGHT_LAYERS or type(model) in ACTIVATION_LAYERS or type(model) in _TWINS):
+        raise ValueError(
+            f"quantize_model(..., inplace=True) cannot convert a bare {type(model).__name__} in place (its class "
+            "changes); use the returned layer: qlayer = quantize_model(layer, config)"
+        )
     if not inplace:
         model = copy.deepcopy(model)
+    if _dequantize(model):
+        warnings.warn(
+            f"quantize_model: {type(model).__name__} was already quantized; its quantized layers were rebuilt "
+            "from their float weights for the new config (calibrate again)", UserWarning, stacklevel=2,
+        )
+    model = _float_twin(model) if type(model) in _TWINS else model
     twin = _quantized_twin(model, "", cfg)
     if twin is not None:
         return twin
+    names = [name for name, _ in model.named_modules() if name]
     _swap_children(model, "", cfg)
     adds: Set[str] = set()
     if cfg.functional_adds and cfg.quantizes_activations:
-        model = quantize_functional_adds(model, cfg, adds)
-    _warn_unmatched(model, cfg, adds)
+        quantize_functional_adds(model, cfg, adds)
+    _warn_unmatched(model, cfg, names, adds)
     return model
+
+
+_TWINS: Dict[Type[QuantLayer], Type[nn.Module]] = {
+    twin: float_type for float_type, twin in (*WEIGHT_LAYERS.items(), *ACTIVATION_LAYERS.items())
+}
+"""Quantized twin type -> float type: the layers ``quantize_model`` creates (and re-quantizes)."""
+
+
+def _dequantize(model: nn.Module) -> bool:
+    """Undo a previous quantize_model in ``model``'s submodules; whether anything was undone."""
+    undone = False
+    for module in list(model.modules()):
+        if traced_adds(module):
+            untrace(module)
+            undone = True
+        for name, child in list(module.named_children()):
+            if type(child) in _TWINS:
+                setattr(module, name, _float_twin(child))
+                undone = True
+    return undone
+
+
+def _float_twin(layer: nn.Module) -> nn.Module:
+    """The float layer ``layer`` quantizes, holding the very same Parameter objects."""
+    kwargs = dict(type(layer).float_config(layer))
+    if "device" in kwargs:
+        kwargs["device"] = "meta"  # parameters are replaced below: allocate nothing
+    module = _TWINS[type(layer)](**kwargs)
+    for pname, param in layer.named_parameters(recurse=False):
+        setattr(module, pname, param)
+    return module.train(layer.training)
 
 
 def _swap_children(parent: nn.Module, prefix: str, cfg: QuantConfig) -> None:
@@ -130,8 +183,8 @@ def _roles(module: nn.Module, name: str, cfg: QuantConfig) -> Optional[Dict[str,
     return roles
 
 
-def _warn_unmatched(model: nn.Module, cfg: QuantConfig, extra_names: Set[str]) -> None:
-    names = [name for name, _ in model.named_modules() if name] + sorted(extra_names)
+def _warn_unmatched(model: nn.Module, cfg: QuantConfig, module_names: List[str], extra_names: Set[str]) -> None:
+    names = module_names + sorted(extra_names)
     unmatched: List[str] = [f"layers[{r.pattern!r}]" for r in cfg.rules if not any(r.matches(n) for n in names)]
     unmatched += [f"skip_layers entry {p!r}" for p in cfg.skip_layers if not any(skip_matches(p, n) for n in names)]
     if unmatched:
@@ -139,3 +192,35 @@ def _warn_unmatched(model: nn.Module, cfg: QuantConfig, extra_names: Set[str]) -
             f"quantize_model: {', '.join(unmatched)} matched no module of {type(model).__name__}; "
             "check the names with [n for n, _ in model.named_modules()]", UserWarning, stacklevel=3,
         )
+    for pattern in cfg.skip_layers:
+        skipped = _topmost(n for n in module_names if skip_matches(pattern, n))
+        partial = [n for n in skipped if _inside_a_name(pattern, n)]
+        if partial and len(skipped) > 1:
+            warnings.warn(
+                f"quantize_model: skip_layers entry {pattern!r} matches as a substring (AMCT's rule) and skips "
+                f"{len(skipped)} modules: {', '.join(map(repr, skipped[:6]))}{' ...' if len(skipped) > 6 else ''}, "
+                f"including {partial[0]!r}, where it is only part of a name; for exact names use "
+                f"'re:(^|\\.){re.escape(pattern)}$'", UserWarning, stacklevel=3,
+            )
+
+
+def _topmost(names) -> List[str]:
+    """The names none of whose ancestors is in ``names`` (a skipped module skips its subtree)."""
+    chosen: List[str] = []
+    for name in sorted(names):
+        if not any(name.startswith(parent + ".") for parent in chosen):
+            chosen.append(name)
+    return chosen
+
+
+def _inside_a_name(pattern: str, name: str) -> bool:
+    """Whether ``pattern`` matches ``name`` only as a substring that cuts a dotted component
+    (``"1"`` in ``"10"``, ``"layer.1"`` in ``"layer.11"``), not as whole components or a glob."""
+    if pattern.startswith("re:") or fnmatch.fnmatchcase(name, pattern):
+        return False
+    starts = [i for i in range(len(name)) if name.startswith(pattern, i)]
+    return bool(starts) and not any(
+        (i == 0 or name[i - 1] == "." or pattern.startswith(".")) and
+        (i + len(pattern) == len(name) or name[i + len(pattern)] == "." or pattern.endswith("."))
+        for i in starts
+    )

@@ -22,14 +22,17 @@ Keys (all but ``format`` optional):
 ``symmetric`` (True), ``narrow``
     integer range; ``narrow`` defaults to True for symmetric signed weights and dynamic activations
     ([-127, 127], Brevitas and the zoo) and False for static activations ([-128, 127]). ``formulation``: ``"zp"`` or ``"minval"`` (asymmetric).
+    ``full_range_divisor``: the symmetric full-range scale, ``"min_int"`` (default, Brevitas:
+    amax / 2^(b-1)) or ``"half_range"`` (coreai_opt, MQBench: amax / (2^(b-1) - 0.5)).
 ``scale``
     ``"float"`` (amax / max), ``"po2"`` (= ``po2_ceil``), ``"po2_floor"``, ``"po2_round"``,
     ``"e8m0_floor"`` (= ``"e8m0"``), ``"e8m0_rceil"``, ``"e8m0_ceil"``, ``"e8m0_even"``, ``"nvfp4"``,
     ``"none"``; biases: ``"accumulator"`` (input scale x weight scale, their default).
 ``observer``
-    activations: ``"percentile"`` (default: mean of per-batch 99.999th percentiles, as
-    ``Int8ActPerTensorFloat``), ``"minmax"`` (last batch), ``"ema_minmax"``, ``"global_minmax"``,
-    ``"mean"`` (mean of batch maxima), ``"mse"``; weights: ``"minmax"`` (default), ``"percentile"``,
+    activations: ``"percentile"`` (default for integers: mean of per-batch 99.999th percentiles,
+    as ``Int8ActPerTensorFloat``), ``"minmax"`` (last batch), ``"ema_minmax"``, ``"global_minmax"``,
+    ``"mean"`` (mean of batch maxima; default for minifloats, as ``Fp8e4m3OCPActPerTensorFloat``
+    and Brevitas's scaled float activations), ``"mse"`` (default for HiFloat8); weights: ``"minmax"`` (default), ``"percentile"``,
     ``"mse"``. ``percentile``, ``momentum`` tune them.
 ``dynamic``
     activations only: range of each tensor at run time (default for group/token granularity).
@@ -46,6 +49,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Dict, Mapping, Optional, Tuple, Type
 
+from quantizers.scaling.rules import FULL_RANGE_DIVISORS
 from quantizers import (
     ROUNDING_MODES,
     ActQuant,
@@ -87,7 +91,7 @@ from .errors import bad_type, bad_value, join, unknown_key
 SPEC_KEYS = (
     "format", "granularity", "group_size", "group_dim", "channel_axis", "symmetric", "narrow", "scale",
     "observer", "dynamic", "rounding", "percentile", "momentum", "saturating", "formulation",
-    "learned_scale", "float_range",
+    "learned_scale", "float_range", "full_range_divisor",
 )
 ROLES = {"weight": "weight", "bias": "bias", "input": "act", "output": "act", "act": "act"}
 
@@ -322,7 +326,7 @@ def _observer(spec, kind, dynamic, fmt_name, path):
     name = spec.get("observer")
     if kind == "act" and not dynamic:
         if name is None:
-            name = "mse" if fmt_name == "hifloat8" else "percentile"
+            name = "mse" if fmt_name == "hifloat8" else "percentile" if fmt_name.startswith(("int", "uint")) else "mean"
         if name not in STATIC_OBSERVERS:
             raise bad_value(opath, name, STATIC_OBSERVERS)
         return STATIC_OBSERVERS[name]
@@ -351,6 +355,10 @@ def _scalar_options(spec, attrs, path):
         if not _number(value) or not 0 < value <= 1:
             raise bad_type(join(path, "momentum"), value, "a number in (0, 1]")
         attrs["momentum"] = float(value)
+    if "full_range_divisor" in spec:
+        if spec["full_range_divisor"] not in FULL_RANGE_DIVISORS:
+            raise bad_value(join(path, "full_range_divisor"), spec["full_range_divisor"], FULL_RANGE_DIVISORS)
+        attrs["full_range_divisor"] = spec["full_range_divisor"]
     for key in ("channel_axis", "group_dim"):
         if key in spec and spec[key] is not None:
             if isinstance(spec[key], bool) or not isinstance(spec[key], int):

@@ -63,18 +63,22 @@ class ModelSummary:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "-" * len(lines[0]))
-        lines.append(
-            f"model parameters: {_bytes(self.total_float_bytes)} -> {_bytes(self.total_packed_bytes)} packed "
-            f"({self.compression:.2f}x)"
-        )
+        lines.append(f"model parameters: {self._totals()}")
         return "\n".join(lines)
 
-    __repr__ = __str__
+    def __repr__(self) -> str:  # one line: summary() has printed the table already (verbose)
+        return f"ModelSummary({len(self.layers)} quantized layers; {self._totals()})"
+
+    def _totals(self) -> str:
+        ratio = f" ({self.compression:.2f}x)" if self.total_packed_bytes else " (no parameters)"
+        return f"{_bytes(self.total_float_bytes)} -> {_bytes(self.total_packed_bytes)} packed{ratio}"
 
 
 def summary(model: nn.Module, *, verbose: bool = True) -> ModelSummary:
-    """Describe every quantized layer of ``model`` (printed when ``verbose``) and return the
-    :class:`ModelSummary`."""
+    """Describe every quantized layer of ``model`` and return the :class:`ModelSummary`.
+
+    ``verbose`` prints the table once (``str(result)`` is the table again; its ``repr`` is one line,
+    so a notebook cell ending in ``summary(model)`` shows the table once)."""
     rows = []
     saved = 0  # bytes the packed form saves over the stored parameters
     with torch.no_grad():

@@ -24,19 +24,32 @@ def _nonzero(stat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.where(stat > 0, scale, torch.ones_like(scale))
 
 
-def int_symmetric_scale(amax: torch.Tensor, fmt: IntFormat) -> Tuple[torch.Tensor, torch.Tensor]:
+FULL_RANGE_DIVISORS = ("half_range", "min_int")
+
+
+def int_symmetric_scale(
+    amax: torch.Tensor, fmt: IntFormat, full_range_divisor: str = "half_range"
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Symmetric integer scale, zero point 0.
 
     - narrow (``[-(2^(b-1)-1), 2^(b-1)-1]``, Brevitas ``Int8WeightPerTensorFloat``):
       ``s = amax / (2^(b-1) - 1)``.
-    - full range (``[-2^(b-1), 2^(b-1)-1]``, coreai_opt "symmetric"): ``s = amax / (2^(b-1) - 0.5)``,
-      which spreads the range over the half-open ``[-128, 127]`` evenly.
+    - full range (``[-2^(b-1), 2^(b-1)-1]``), by ``full_range_divisor``:
+      ``"half_range"`` (coreai_opt "symmetric", MQBench): ``s = amax / ((max_int - min_int) / 2)
+      = amax / (2^(b-1) - 0.5)``, which spreads the range over the half-open ``[-128, 127]``
+      evenly; ``"min_int"`` (Brevitas's ``IntScaling``, e.g. ``Int8ActPerTensorFloat``):
+      ``s = amax / -min_int = amax / 2^(b-1)``, so ``+amax`` clips to ``max_int`` and ``-amax``
+      maps to ``min_int`` exactly.
     - unsigned formats: ``s = amax / max_int``.
     """
-    if not fmt.signed:
+    if full_range_divisor not in FULL_RANGE_DIVISORS:
+        raise ValueError(
+            f"full_range_divisor={full_range_divisor!r} is unknown; allowed values: {', '.join(FULL_RANGE_DIVISORS)}"
+        )
+    if not fmt.signed or fmt.narrow:
         levels = float(fmt.max_int)
-    elif fmt.narrow:
-        levels = float(fmt.max_int)
+    elif full_range_divisor == "min_int":
+        levels = float(-fmt.min_int)
     else:
         levels = fmt.max_int + 0.5
     return _nonzero(amax, amax / levels), torch.zeros_like(amax)

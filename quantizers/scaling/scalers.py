@@ -54,12 +54,15 @@ class Scaler:
 class IntScaler(Scaler):
     """Integer scales: symmetric (:func:`rules.int_symmetric_scale`) or asymmetric with an integer
     zero point (``formulation="zp"``) or coreai_opt's MINVAL offset (``"minval"``); optionally
-    restricted to powers of two (``power_of_two`` = floor / ceil / round)."""
+    restricted to powers of two (``power_of_two`` = floor / ceil / round). ``full_range_divisor``
+    picks the symmetric full-range rule (``"half_range"``: amax / 127.5, ``"min_int"``: Brevitas's
+    amax / 128 for int8)."""
 
     fmt: IntFormat
     symmetric: bool = True
     formulation: str = "zp"
     power_of_two: Optional[str] = None
+    full_range_divisor: str = "half_range"
 
     @property
     def needs(self) -> str:  # type: ignore[override]
@@ -67,7 +70,7 @@ class IntScaler(Scaler):
 
     def __call__(self, stat: Statistic) -> Scales:
         if self.symmetric:
-            scale, zero_point = rules.int_symmetric_scale(stat, self.fmt)
+            scale, zero_point = rules.int_symmetric_scale(stat, self.fmt, self.full_range_divisor)
             zero_point = None
         elif self.formulation == "minval":
             scale, offset = rules.int_minval_scale(*stat, self.fmt)

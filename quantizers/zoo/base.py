@@ -27,13 +27,15 @@ class Quantizer:
         ``quant_type`` ``"int"`` or ``"float"``; ``element_format`` (a format name or object; wins
         over the rest), ``bit_width``, ``signed``, ``narrow_range``, ``exponent_bit_width``,
         ``mantissa_bit_width``, ``exponent_bias``, ``float_standard`` (``"ocp"``, ``"fnuz"``,
-        ``"ieee"``), ``saturating`` and ``rounding`` (``None``: the format's defaults).
+        ``"ieee"``, ``"none"``: no Inf/NaN codes, as Brevitas's format mixins without a standard
+        mixin; ``None``: OCP), ``saturating`` and ``rounding`` (``None``: the format's defaults).
     Scaling
         ``scaling``: ``"float"`` (amax over the format's max, or the integer rules), ``"po2"``
         (that scale restricted to a power of two), ``"e8m0"`` (OCP MX shared scales), ``"nvfp4"``
         (E4M3 block x fp32 tensor scale) or ``"none"``; ``scale_rounding`` (po2: floor/ceil/round;
         e8m0: floor/rceil/ceil/even); ``symmetric``; ``zero_point_formulation`` (``"zp"`` or
-        coreai_opt's ``"minval"``).
+        coreai_opt's ``"minval"``); ``full_range_divisor`` for symmetric full-range signed
+        integers (``"half_range"``: amax / (2^(b-1) - 0.5); ``"min_int"``: Brevitas's amax / 2^(b-1)).
     Granularity
         ``granularity`` (``"tensor"``, ``"channel"``, ``"group"``, ``"token"``, ``"tile"``),
         ``channel_axis``, ``group_size``, ``group_dim`` (``None``: chosen by the layer),
@@ -65,6 +67,7 @@ class Quantizer:
     scale_rounding = None
     symmetric = True
     zero_point_formulation = "zp"
+    full_range_divisor = "half_range"
     granularity = "tensor"
     channel_axis = None
     group_size = None

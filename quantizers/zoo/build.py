@@ -17,14 +17,14 @@ from ..observers import OBSERVERS, EMAMinMaxObserver
 from ..formats.rounding import ROUNDING_MODES
 from ..scaling.block_scales import MX_SCALE_MODES
 from ..scaling.granularity import Granularity
-from ..scaling.rules import POWER_OF_TWO_ROUNDINGS
+from ..scaling.rules import FULL_RANGE_DIVISORS, POWER_OF_TWO_ROUNDINGS
 from ..scaling.scalers import FloatScaler, IntScaler, MXScaler, NVFP4Scaler, UnitScaler
 from ..tensor_quantizer import RANGE_METHODS, TensorQuantizer
 from .base import Quantizer, QuantizerConfigError, check_attribute_names, resolved_attributes
 
 SCALINGS = ("float", "po2", "e8m0", "nvfp4", "none")
 QUANT_TYPES = ("int", "float")
-FLOAT_STANDARDS = ("ocp", "fnuz", "ieee")
+FLOAT_STANDARDS = ("ocp", "fnuz", "ieee", "none")
 
 
 def _allowed(name: str, given: Any, allowed) -> QuantizerConfigError:
@@ -76,6 +76,8 @@ def _float_special(standard: str, exponent_bits: int, mantissa_bits: int):
         return "fnuz", ieee_bias + 1
     if standard == "ieee":
         return "ieee", ieee_bias
+    if standard == "none":
+        return "none", ieee_bias  # every code finite (Brevitas's Fp8e4m3Mixin alone: max 480)
     if (exponent_bits, mantissa_bits) == (4, 3):
         return "fn", ieee_bias  # OCP E4M3
     if (exponent_bits, mantissa_bits) == (5, 2):
@@ -103,7 +105,7 @@ def granularity_object(granularity, channel_axis, group_size, group_dim, tile_sh
 
 
 @value
-def scaler_object(scaling, scale_rounding, symmetric, zero_point_formulation, number_format):
+def scaler_object(scaling, scale_rounding, symmetric, zero_point_formulation, full_range_divisor, number_format):
     if scaling not in SCALINGS:
         raise _allowed("scaling", scaling, SCALINGS)
     if scaling == "none":
@@ -120,7 +122,9 @@ def scaler_object(scaling, scale_rounding, symmetric, zero_point_formulation, nu
     if isinstance(number_format, IntFormat):
         if zero_point_formulation not in ("zp", "minval"):
             raise _allowed("zero_point_formulation", zero_point_formulation, ("zp", "minval"))
-        return IntScaler(number_format, symmetric, zero_point_formulation, power_of_two)
+        if full_range_divisor not in FULL_RANGE_DIVISORS:
+            raise _allowed("full_range_divisor", full_range_divisor, FULL_RANGE_DIVISORS)
+        return IntScaler(number_format, symmetric, zero_point_formulation, power_of_two, full_range_divisor)
     if not symmetric:
         raise QuantizerConfigError("symmetric=False (a zero point) needs an integer format")
     return FloatScaler(number_format, power_of_two)

@@ -28,6 +28,9 @@ def _scale_rule(quantizer: Type[Quantizer]) -> str:
         "nvfp4": "E4M3 block x fp32 tensor",
         "none": "none (scale 1)",
     }[quantizer.scaling]
+    if quantizer.quant_type == "int" and quantizer.signed and not quantizer.narrow_range and quantizer.symmetric:
+        divided = "amax / 2^(b-1)" if quantizer.full_range_divisor == "min_int" else "amax / (2^(b-1) - 0.5)"
+        rule = {"float": divided, "po2": f"{rule} of {divided}"}.get(quantizer.scaling, rule)
     if quantizer.range_method != "max":
         rule += f", {quantizer.range_method} range"
     return rule

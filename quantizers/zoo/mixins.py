@@ -11,11 +11,13 @@ from .base import Quantizer
 
 
 class IntQuant(Quantizer):
-    """Signed integers over the full range ``[-2^(b-1), 2^(b-1) - 1]``."""
+    """Signed integers over the full range ``[-2^(b-1), 2^(b-1) - 1]``; a symmetric scale is
+    ``amax / 2^(b-1)`` as in Brevitas (``IntScaling``: the threshold is ``-min_int``)."""
 
     quant_type = "int"
     signed = True
     narrow_range = False
+    full_range_divisor = "min_int"
 
 
 class NarrowIntQuant(Quantizer):
@@ -89,6 +91,14 @@ class FpOCPMixin(Quantizer):
     float_standard = "ocp"
 
 
+class FpNoSpecialsMixin(Quantizer):
+    """No reserved codes: every code is a finite number (bias ``2^(e-1) - 1``), saturating; what
+    Brevitas's format mixins mean without ``FpOCPMixin``/``FpFNUZMixin`` (E4M3 max 480, E5M2 max
+    114688)."""
+
+    float_standard = "none"
+
+
 class FpFNUZMixin(Quantizer):
     """FNUZ conventions (AMD/Graphcore): bias ``2^(e-1)``, one zero, NaN = 0x80, no Inf; saturating."""
 
@@ -113,6 +123,13 @@ class ActQuant(Quantizer):
     range_method = "percentile"
     percentile = 99.999
     observer = "mean"
+
+
+class MaxActQuant(ActQuant):
+    """Static activations ranged by the mean over batches of each batch's max |x| (Brevitas's
+    scaled float activations: ``ScaledFloatActBase.scaling_stats_op = 'max'``)."""
+
+    range_method = "max"
 
 
 class DynamicActQuant(Quantizer):
@@ -208,6 +225,8 @@ class NVFP4Scaling(Quantizer):
 
 
 class MSERange(Quantizer):
-    """Clipping range chosen by a grid search minimising the squared quantization error."""
+    """Clipping range chosen by a grid search minimising the squared quantization error, over
+    Brevitas's ``MSESymmetricScale`` grid: ``amax * k / 20`` for ``k = 1 .. 20`` (``mse_iters = 20``)."""
 
     range_method = "mse"
+    mse_ratios = tuple(k / 20 for k in range(1, 21))

@@ -1,5 +1,10 @@
 """The predefined quantizers: Brevitas's names and meanings, plus the formats Brevitas lacks.
 
+A class that shares a name with ``brevitas.quant`` computes what Brevitas 0.13.4 computes (format,
+max value, special codes, statistic and scale rule; ``tests/test_brevitas_parity.py`` checks every
+one). The one documented exception is :class:`MXInt8Weight`/:class:`MXInt8Act`, which follow the
+OCP MXINT8 spec where Brevitas clips the block maximum.
+
 Naming scheme: ``<Type><Bits>[Standard]<Role><Granularity><ScaleKind>[Variant]``.
 ``python -m quantizers.zoo.catalog`` prints the table of all of them from the classes themselves.
 """
@@ -19,7 +24,9 @@ from .mixins import (
     FpFNUZMixin,
     FpOCPMixin,
     HiFloat8Mixin,
+    FpNoSpecialsMixin,
     IntQuant,
+    MaxActQuant,
     MSERange,
     MXScaling,
     NarrowIntQuant,
@@ -51,13 +58,15 @@ class Int8WeightPerChannelFloat(NarrowIntQuant, WeightQuant, PerChannel, FloatSc
 
 
 class Int8ActPerTensorFloat(IntQuant, ActQuant, PerTensor, FloatScaling):
-    """INT8 activations in [-128, 127], static per-tensor scale from the 99.999th percentile of |x|."""
+    """INT8 activations in [-128, 127], static per-tensor scale ``amax / 128`` (Brevitas's rule), amax
+    the mean over batches of the 99.999th percentile of |x|."""
 
     bit_width = 8
 
 
 class Uint8ActPerTensorFloat(UintQuant, ActQuant, PerTensor, FloatScaling):
-    """UINT8 activations in [0, 255] (e.g. after ReLU), static per-tensor scale."""
+    """UINT8 activations in [0, 255] (e.g. after ReLU), static per-tensor scale ``amax / 255`` from
+    the 99.999th percentile of x."""
 
     bit_width = 8
 
@@ -103,7 +112,7 @@ class Int8WeightPerTensorFixedPoint(NarrowIntQuant, WeightQuant, PerTensor, Powe
 
 
 class Int8ActPerTensorFixedPoint(IntQuant, ActQuant, PerTensor, PowerOfTwoScaling):
-    """INT8 activations with a static power-of-two scale (rounded up, never saturating)."""
+    """INT8 activations with a static power-of-two scale ``2^ceil(log2(amax / 128))``."""
 
     bit_width = 8
 
@@ -151,12 +160,14 @@ class FpOCPWeightPerChannelFloat(FloatQuant, FpOCPMixin, WeightQuant, PerChannel
     """OCP minifloat weights, one scale ``amax / max`` per output channel."""
 
 
-class FpOCPActPerTensorFloat(FloatQuant, FpOCPMixin, ActQuant, PerTensor, FloatScaling):
-    """OCP minifloat activations, static per-tensor scale."""
+class FpOCPActPerTensorFloat(FloatQuant, FpOCPMixin, MaxActQuant, PerTensor, FloatScaling):
+    """OCP minifloat activations, static per-tensor scale ``amax / max``, amax the mean over
+    batches of max |x| (Brevitas 0.13.4's statistic, whatever its docstrings say)."""
 
 
-class FpOCPActPerChannelFloat2d(FloatQuant, FpOCPMixin, ActQuant, PerChannel2d, FloatScaling):
-    """OCP minifloat activations of ``(N, C, H, W)`` tensors, static per-channel scale."""
+class FpOCPActPerChannelFloat2d(FloatQuant, FpOCPMixin, MaxActQuant, PerChannel2d, FloatScaling):
+    """OCP minifloat activations of ``(N, C, H, W)`` tensors, static per-channel scale from the
+    mean of max |x| per channel."""
 
 
 class FpFNUZWeightPerTensorFloat(FloatQuant, FpFNUZMixin, WeightQuant, PerTensor, FloatScaling):
@@ -167,11 +178,11 @@ class FpFNUZWeightPerChannelFloat(FloatQuant, FpFNUZMixin, WeightQuant, PerChann
     """FNUZ minifloat weights, one scale per output channel."""
 
 
-class FpFNUZActPerTensorFloat(FloatQuant, FpFNUZMixin, ActQuant, PerTensor, FloatScaling):
-    """FNUZ minifloat activations, static per-tensor scale."""
+class FpFNUZActPerTensorFloat(FloatQuant, FpFNUZMixin, MaxActQuant, PerTensor, FloatScaling):
+    """FNUZ minifloat activations, static per-tensor scale from the mean of max |x|."""
 
 
-class FpFNUZActPerChannelFloat2d(FloatQuant, FpFNUZMixin, ActQuant, PerChannel2d, FloatScaling):
+class FpFNUZActPerChannelFloat2d(FloatQuant, FpFNUZMixin, MaxActQuant, PerChannel2d, FloatScaling):
     """FNUZ minifloat activations of ``(N, C, H, W)`` tensors, static per-channel scale."""
 
 
@@ -243,20 +254,54 @@ class Fp8e4m3OCPActPerTokenFloat(Fp8e4m3Mixin, FloatQuant, FpOCPMixin, DynamicAc
     """Dynamic OCP FP8 E4M3 activations, one scale ``amax / 448`` per token."""
 
 
-class Fp8e4m3Weight(Fp8e4m3Mixin, FpOCPMixin, WeightQuant, NoScaling):
-    """OCP FP8 E4M3 weights cast without scaling."""
+class Fp8e4m3Weight(Fp8e4m3Mixin, FpNoSpecialsMixin, WeightQuant, NoScaling):
+    """FP8 E4M3 weights with no special codes (bias 7, max 480, as Brevitas), cast without scaling.
+    The OCP format (max 448, NaN code) is :class:`Fp8e4m3OCPWeight`."""
 
 
-class Fp8e5m2Weight(Fp8e5m2Mixin, FpOCPMixin, WeightQuant, NoScaling):
-    """OCP FP8 E5M2 weights cast without scaling."""
+class Fp8e5m2Weight(Fp8e5m2Mixin, FpNoSpecialsMixin, WeightQuant, NoScaling):
+    """FP8 E5M2 weights with no special codes (bias 15, max 114688, as Brevitas), cast without
+    scaling. The OCP format (max 57344, Inf and NaN) is :class:`Fp8e5m2OCPWeight`."""
 
 
-class Fp8e4m3Act(Fp8e4m3Mixin, FpOCPMixin, DynamicActQuant, NoScaling):
+class Fp8e4m3Act(Fp8e4m3Mixin, FpNoSpecialsMixin, DynamicActQuant, NoScaling):
+    """FP8 E4M3 activations with no special codes (max 480, as Brevitas), cast without scaling."""
+
+
+class Fp8e5m2Act(Fp8e5m2Mixin, FpNoSpecialsMixin, DynamicActQuant, NoScaling):
+    """FP8 E5M2 activations with no special codes (max 114688, as Brevitas), cast without scaling."""
+
+
+class Fp8e4m3OCPWeight(Fp8e4m3Mixin, FpOCPMixin, WeightQuant, NoScaling):
+    """OCP FP8 E4M3 weights (``float8_e4m3fn``, max 448) cast without scaling."""
+
+
+class Fp8e5m2OCPWeight(Fp8e5m2Mixin, FpOCPMixin, WeightQuant, NoScaling):
+    """OCP FP8 E5M2 weights (``float8_e5m2``, max 57344) cast without scaling."""
+
+
+class Fp8e4m3OCPAct(Fp8e4m3Mixin, FpOCPMixin, DynamicActQuant, NoScaling):
     """OCP FP8 E4M3 activations cast without scaling."""
 
 
-class Fp8e5m2Act(Fp8e5m2Mixin, FpOCPMixin, DynamicActQuant, NoScaling):
+class Fp8e5m2OCPAct(Fp8e5m2Mixin, FpOCPMixin, DynamicActQuant, NoScaling):
     """OCP FP8 E5M2 activations cast without scaling."""
+
+
+class Fp8e4m3FNUZWeight(Fp8e4m3Mixin, FpFNUZMixin, WeightQuant, NoScaling):
+    """FNUZ FP8 E4M3 weights (``float8_e4m3fnuz``, max 240) cast without scaling."""
+
+
+class Fp8e5m2FNUZWeight(Fp8e5m2Mixin, FpFNUZMixin, WeightQuant, NoScaling):
+    """FNUZ FP8 E5M2 weights (``float8_e5m2fnuz``, max 57344) cast without scaling."""
+
+
+class Fp8e4m3FNUZAct(Fp8e4m3Mixin, FpFNUZMixin, DynamicActQuant, NoScaling):
+    """FNUZ FP8 E4M3 activations cast without scaling."""
+
+
+class Fp8e5m2FNUZAct(Fp8e5m2Mixin, FpFNUZMixin, DynamicActQuant, NoScaling):
+    """FNUZ FP8 E5M2 activations cast without scaling."""
 
 
 # ---- OCP MX and NVFP4 -------------------------------------------------------------------------------
