@@ -25,7 +25,9 @@ combines batch moments, so every rank holds the same aggregate:
 - last batch, global min/max and EMA take the range of the *global* batch (the ranks' batches
   together): the minimum of the ranks' minima and the maximum of their maxima (absolute maxima:
   the maximum). Global min/max over data sharded across ranks therefore equals global min/max over
-  the whole data in one process; EMA equals one process that sees each step's global batch.
+  the whole data in one process; EMA equals one process that sees each step's global batch. (With
+  ``range_method="percentile"`` or ``"mse"`` the ranks' clipped statistics are combined the same
+  way, which approximates the global batch's percentile or MSE choice.)
 - mean counts each rank's batch as one batch: the aggregate is the mean over every rank's batches
   (the sum of the ranks' statistics is added and the count grows by the world size), which equals
   one process that sees all the batches (up to float summation order).

@@ -117,9 +117,8 @@ def _observer_sync_run(rank, out_dir):
     for _ in range(2):  # training mode: static quantizers follow each batch and update their observers
         ddp(torch.randn(8, 8, generator=generator) * (rank + 1)).sum().backward()
     trained = _observer_state(model)
-    sharded = _quantized_net(0, OBSERVED)
-    calibrate(sharded, _shards()[rank], progress=False)
-    torch.save({"trained": trained, "calibrated": _observer_state(sharded)}, os.path.join(out_dir, f"observers{rank}.pt"))
+    calibrate(model, _shards()[rank], reset=True, progress=False)  # no optimizer step: weights as built
+    torch.save({"trained": trained, "calibrated": _observer_state(model)}, os.path.join(out_dir, f"observers{rank}.pt"))
 
 
 def _fsdp_run(rank, out_dir):
@@ -205,12 +204,12 @@ def test_calibration_sharded_over_ranks_equals_one_process_on_the_whole_data(run
         assert torch.equal(results[0][key], results[1][key]), key
     shards = _shards()
     # one process, every batch in turn: global min/max and mean see what the ranks saw together
-    every_batch = _quantized_net(0, OBSERVED)
-    calibrate(every_batch, [x for shard in shards for x in shard], progress=False)
+    model = _quantized_net(0, OBSERVED)
+    calibrate(model, [x for shard in shards for x in shard], progress=False)
+    one = _observer_state(model)
     # one process, each step's global batch (the ranks' batches together): last batch and EMA
-    global_batches = _quantized_net(0, OBSERVED)
-    calibrate(global_batches, [torch.cat(step) for step in zip(*shards)], progress=False)
-    one, steps = _observer_state(every_batch), _observer_state(global_batches)
+    calibrate(model, [torch.cat(step) for step in zip(*shards)], reset=True, progress=False)
+    steps = _observer_state(model)
     for key, value in results[0].items():
         if key.startswith(("stem.", "block.eltwise")):  # global_minmax
             assert torch.equal(value, one[key]) and torch.equal(value, steps[key]), key

@@ -144,8 +144,8 @@ def _activation(quantizer: nn.Module) -> str:
     fmt, granularity = describe_quantizer(quantizer)
     if not isinstance(quantizer, TensorQuantizer) or quantizer.observer is None:
         return f"{fmt} {granularity} dynamic"
-    high = quantizer.observer.high
-    state = f"static {float(high.max()):.3g}" if high.numel() else "static uncalibrated"
+    observer = quantizer.observer
+    state = f"static {float(observer.high.max()):.3g}" if observer.is_initialized else "static uncalibrated"
     return f"{fmt} {granularity} {state}"
 
 
