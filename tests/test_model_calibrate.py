@@ -240,3 +240,11 @@ def test_calibrating_a_model_with_data_does_not_warn(recwarn):
     _, q = _model()
     calibrate(q, [torch.randn(2, 8)], progress=False)
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_an_error_inside_calibration_restores_the_model_without_a_no_data_warning(recwarn):
+    float_model, q = _model(weights=W4)
+    with pytest.raises(ValueError, match="boom"), calibration_mode(q):
+        raise ValueError("boom")
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    assert q[0].weight_quant is not None and q[0].input_quant.range_source == "observer"  # not calibrated

@@ -86,6 +86,10 @@ def start_calibration(
 
 def finish_calibration(model: nn.Module) -> "CalibrationReport":
     """End calibration: freeze calibrated quantizers, initialise learned ranges, restore modes."""
+    return _finish(model, warn=True)
+
+
+def _finish(model: nn.Module, warn: bool) -> "CalibrationReport":
     state = model.__dict__.pop(_STATE, None)
     if state is None:  # not calibrating: freeze what is calibrated (as the end of calibration does)
         sources = [(q, q.range_source) for _, q in static_quantizers(model)]
@@ -99,7 +103,7 @@ def finish_calibration(model: nn.Module) -> "CalibrationReport":
         for module, training in state["training"]:
             module.training = training
         observed = state["observed"]
-        if observed and all(_observer_state(q) == before for q, before in observed):
+        if warn and observed and all(_observer_state(q) == before for q, before in observed):
             warnings.warn(
                 f"calibration of {type(model).__name__} observed no batch: no static quantizer saw any "
                 "data (empty data loader, num_batches=0, or a forward that skips the quantized layers?); "
@@ -124,8 +128,10 @@ def calibration_mode(
     start_calibration(model, quantize=quantize, reset=reset, quantize_weights=quantize_weights)
     try:
         yield model
-    finally:
-        finish_calibration(model)
+    except BaseException:
+        _finish(model, warn=False)  # restore the model; the error says what went wrong
+        raise
+    _finish(model, warn=True)
 
 
 def calibrate(
@@ -181,18 +187,17 @@ def unfreeze_observers(model: nn.Module) -> None:
 
 
 def _after_calibration(quantizer: TensorQuantizer, previous: RangeSource) -> RangeSource:
-    """The range source of ``quantizer`` once calibration ends (``previous``: before it began)."""
+    """The range source of ``quantizer`` once calibration ends (``previous``: before it began):
+    learned ranges start from the aggregate, calibrated static quantizers freeze."""
     if previous is RangeSource.LEARNED:
         quantizer.range_source = previous
         quantizer.init_learned_range()
         return previous
-    if quantizer.observer is not None and quantizer.observer.is_initialized and previous in (
-        RangeSource.OBSERVER, RangeSource.FROZEN, RangeSource.OBSERVE, RangeSource.OBSERVE_AND_QUANTIZE,
-    ):
-        return RangeSource.FROZEN
-    if previous in (RangeSource.OBSERVE, RangeSource.OBSERVE_AND_QUANTIZE):
+    if previous in (RangeSource.TENSOR, RangeSource.FIXED):
+        return previous
+    if quantizer.observer is None:
         return quantizer.default_range_source
-    return previous
+    return RangeSource.FROZEN if quantizer.observer.is_initialized else RangeSource.OBSERVER
 
 
 def _dynamic_activation_quantizers(model: nn.Module) -> Iterator[TensorQuantizer]:
