@@ -122,6 +122,12 @@ def test_observer_names_are_unambiguous_and_old_names_are_aliases():
     assert '"minmax"' in text and "torch.ao" in text and '"last_batch"' in text
 
 
+@pytest.mark.parametrize("name", ["last_batch", "minmax"])
+def test_config_observer_last_batch_and_its_alias(name):
+    model = quantize_model(nn.Sequential(nn.Linear(4, 4)), {"inputs": {"format": "int8", "observer": name}})
+    assert type(model[0].input_quant.observer) is qz.LastBatchObserver
+
+
 def test_observer_value_is_a_range_for_asymmetric_rules():
     observer = qz.GlobalMinMaxObserver()
     observer.update(qz.Range(t(-1.0), t(2.0)))

@@ -30,7 +30,8 @@ Keys (all but ``format`` optional):
     ``"none"``; biases: ``"accumulator"`` (input scale x weight scale, their default).
 ``observer``
     activations: ``"percentile"`` (default for integers: mean of per-batch 99.999th percentiles,
-    as ``Int8ActPerTensorFloat``), ``"minmax"`` (last batch), ``"ema_minmax"``, ``"global_minmax"``,
+    as ``Int8ActPerTensorFloat``), ``"last_batch"`` (alias ``"minmax"``: the latest batch, not torch.ao's
+    running min/max), ``"ema_minmax"``, ``"global_minmax"`` (running min/max),
     ``"mean"`` (mean of batch maxima; default for minifloats, as ``Fp8e4m3OCPActPerTensorFloat``
     and Brevitas's scaled float activations), ``"mse"`` (default for HiFloat8); weights: ``"minmax"`` (default), ``"percentile"``,
     ``"mse"``. ``percentile``, ``momentum`` tune them.
@@ -130,7 +131,8 @@ _SCALING_MIXINS = {"float": FloatScaling, "po2": PowerOfTwoScaling, "e8m0": MXSc
 _SCALE_NAMES = {"float": "Float", "po2": "FixedPoint", "e8m0": "", "nvfp4": "", "none": "NoScale"}
 
 STATIC_OBSERVERS = {  # name -> (observer, range_method)
-    "percentile": ("mean", "percentile"), "minmax": ("minmax", "max"), "ema_minmax": ("ema_minmax", "max"),
+    "percentile": ("mean", "percentile"), "last_batch": ("last_batch", "max"), "minmax": ("last_batch", "max"),
+    "ema_minmax": ("ema_minmax", "max"),
     "global_minmax": ("global_minmax", "max"), "mean": ("mean", "max"), "mse": ("mean", "mse"),
 }
 RANGE_ONLY_OBSERVERS = {"minmax": "max", "percentile": "percentile", "mse": "mse"}
