@@ -5,61 +5,18 @@ An integer kernel computes ``sum_k q_x[k] * q_w[o, k]`` in an accumulator whose 
 
     bias_hat[o] = clamp(round(bias[o] / (s_x * s_w[o])), min_int, max_int) * s_x * s_w[o]
 
-This needs a per-tensor input scale ``s_x`` (one accumulator unit per output channel) and a weight
+The module is :class:`quantizers.BiasQuantizer`, built like every quantizer by
+:func:`quantizers.build_tensor_quantizer` from a ``role="bias"`` class (``Int8Bias``,
+``Int32Bias``). This needs a per-tensor input scale ``s_x`` (one accumulator unit per output channel) and a weight
 scale per tensor or per output channel; groupwise scales have no single accumulator unit.
 """
 from __future__ import annotations
 
-from typing import Optional, Type
+from typing import Optional
 
-import torch
-from torch import nn
+from quantizers import BiasQuantizer, QuantTensor
 
-from quantizers import IntFormat, IntQuantTensor, Quantizer, QuantizerConfigError, QuantTensor, fake_quantize
-
-
-class BiasQuantizer(nn.Module):
-    """Quantizes a bias onto ``fmt`` with ``scale = input_scale * weight_scale`` (zero point 0).
-
-    Built by layers from quantizers with ``requires_input_scale = True``
-    (:class:`quantizers.Int8Bias`, ``Int16Bias``, ``Int32Bias``).
-
-    Args:
-        fmt: integer element format (``IntFormat(32)`` for ``Int32Bias``).
-        rounding: rounding mode (``None``: round half to even).
-        name: the quantizer class's name, for messages.
-    """
-
-    requires_input_scale = True
-
-    def __init__(self, fmt: IntFormat, rounding: Optional[str] = None, name: str = "BiasQuantizer") -> None:
-        super().__init__()
-        self.fmt = fmt
-        self.rounding = rounding
-        self.name = name
-
-    @classmethod
-    def from_quantizer(cls, quantizer: Type[Quantizer]) -> "BiasQuantizer":
-        """The module for a bias quantizer class (``quant_type="int"``, ``bit_width``, ``signed``)."""
-        if quantizer.quant_type != "int" or quantizer.element_format is not None:
-            raise QuantizerConfigError(
-                f"{quantizer.__name__}: a bias at input scale x weight scale needs integer elements "
-                f"(quant_type='int' and bit_width), got quant_type={quantizer.quant_type!r}"
-            )
-        if quantizer.bit_width is None:
-            raise QuantizerConfigError(f"{quantizer.__name__}: a bias quantizer needs bit_width (e.g. 32)")
-        fmt = IntFormat(bits=quantizer.bit_width, signed=quantizer.signed, narrow=quantizer.narrow_range)
-        return cls(fmt, quantizer.rounding, quantizer.__name__)
-
-    def extra_repr(self) -> str:
-        return f"{self.name}, fmt={self.fmt.name}, scale=input_scale*weight_scale"
-
-    def forward(self, bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: torch.Tensor) -> IntQuantTensor:
-        """``bias`` quantized at ``input_scale * weight_scale`` (both already shaped like ``bias``
-        or 0-d); gradients reach ``bias`` straight through the rounding."""
-        scale = (input_scale * weight_scale).to(bias.dtype)
-        value_ = fake_quantize(bias, scale, self.fmt, None, self.rounding)
-        return IntQuantTensor(value_=value_, scale_=scale, fmt=self.fmt)
+__all__ = ["BiasQuantizer", "accumulator_scales"]
 
 
 def accumulator_scales(

@@ -22,10 +22,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Type, Union
 
 from torch import nn
 
-from quantizers import Quantizer, QuantizerConfigError, build_tensor_quantizer
-from quantizers.zoo.base import check_attribute_names
-
-from .bias import BiasQuantizer
+from quantizers import Quantizer, QuantizerConfigError, Role, build_quantizer, check_attribute_names, resolve_attributes
 
 QuantizerSpec = Union[Type[Quantizer], nn.Module, None]
 """What a ``*_quant`` argument accepts: a quantizer class, a (shared) quantizer module, or None."""
@@ -100,18 +97,21 @@ def make_quantizer(
         check_attribute_names(spec, overrides, prefix=role + "_")
     except TypeError as error:
         raise TypeError(f"{layer}: {error}") from None
-    attributes = spec.with_overrides(**overrides) if overrides else spec
-    if attributes.requires_input_scale and role != "bias":
+    try:
+        attributes = resolve_attributes(spec, **overrides)
+    except QuantizerConfigError as error:
+        raise error.located(f"{layer}.{argument}") from None
+    if attributes.role is Role.BIAS and role != "bias":
         raise TypeError(
             f"{layer}: {argument}={spec.__name__} is a bias quantizer (its scale is input scale x "
             f"weight scale); pass it as bias_quant"
         )
+    if layout:
+        attributes = attributes.with_layout(layout.get("channel_axis"), layout.get("group_dim"))
     try:
-        if attributes.requires_input_scale:
-            return BiasQuantizer.from_quantizer(attributes)
-        return build_tensor_quantizer(spec, dict(layout) if layout else None, **overrides)
+        return build_quantizer(attributes)
     except QuantizerConfigError as error:
-        raise QuantizerConfigError(f"{layer}.{argument}: {error}") from None
+        raise error.naming(spec.__name__).located(f"{layer}.{argument}") from None
 
 
 def _kwargs(role: str, overrides: Mapping[str, Any]) -> str:

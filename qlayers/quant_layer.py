@@ -55,7 +55,9 @@ class QuantLayer(nn.Module):
         split = split_overrides(name, overrides, self.quant_roles, _constructor_kwargs(type(self)))
         for role in self.quant_roles:
             self.register_module(f"{role}_quant", make_quantizer(name, role, specs[role], split[role], layouts.get(role)))
-        self.return_quant_tensor = bool(return_quant_tensor)
+        if not isinstance(return_quant_tensor, bool):
+            raise TypeError(f"{name}: return_quant_tensor must be True or False, got {return_quant_tensor!r}")
+        self.return_quant_tensor = return_quant_tensor
 
     # ---- inputs and outputs ------------------------------------------------------------------
     def _quant_input(self, x: MaybeQuant) -> MaybeQuant:

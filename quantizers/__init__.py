@@ -27,6 +27,7 @@ __all__ = [
     "pack_fp4", "unpack_fp4", "pack_int4", "unpack_int4", "pack_fp6", "unpack_fp6",
 ]
 from .api import quantize
+from .bias_quantizer import BiasQuantizer
 from .fake_quant import fake_quantize
 from .observers import EMAMinMaxObserver, GlobalMinMaxObserver, LastBatchObserver, MeanObserver, Observer
 from .scaling.granularity import Granularity
@@ -44,7 +45,7 @@ from .zoo import *  # noqa: F401,F403  (Quantizer, describe, mixins, predefined 
 from .zoo import __all__ as _zoo_all
 
 __all__ += [
-    "quantize", "fake_quantize", "Granularity", "Range", "TensorQuantizer", "RangeSource",
+    "quantize", "fake_quantize", "Granularity", "Range", "TensorQuantizer", "RangeSource", "BiasQuantizer",
     "Observer", "LastBatchObserver", "GlobalMinMaxObserver", "EMAMinMaxObserver", "MeanObserver",
     "QuantTensor", "IntQuantTensor", "FloatQuantTensor", "GroupwiseIntQuantTensor",
     "GroupwiseFloatQuantTensor", "PackedQuantTensor", *_zoo_all,

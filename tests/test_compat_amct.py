@@ -13,7 +13,7 @@ import qlayers
 import quantizers as qz
 from qlayers.compat.amct import convert, quantize, translate
 from qlayers.model.spec import spec_to_quantizer
-from quantizers.zoo.base import resolved_attributes
+from quantizers import resolve_attributes
 
 
 def build_model():
@@ -77,7 +77,7 @@ def test_int8_inputs_calibrate_over_batch_num_batches_then_quantize():
         bit_width = 8
         observer = "global_minmax"
         range_method = "max"
-    assert resolved_attributes(spec_to_quantizer(translate(cfg)[0]["inputs"], "input")) == resolved_attributes(AmctInt8Act)
+    assert resolve_attributes(spec_to_quantizer(translate(cfg)[0]["inputs"], "input")) == resolve_attributes(AmctInt8Act)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_int8_inputs_calibrate_over_batch_num_batches_then_quantize():
 )
 def test_weight_types_match_the_equivalent_qzoo_quantizers(weights, reference):
     spec = translate({'quant_cfg': {'weights': weights}})[0]["weights"]
-    assert resolved_attributes(spec_to_quantizer(spec, "weight")) == resolved_attributes(reference)
+    assert resolve_attributes(spec_to_quantizer(spec, "weight")) == resolve_attributes(reference)
 
 
 def test_other_types_and_strategies():
@@ -104,7 +104,7 @@ def test_other_types_and_strategies():
     out, _ = translate({'quant_cfg': {'weights': {'type': 'int4', 'symmetric': False, 'strategy': 'channel'}}})
     assert spec_to_quantizer(out["weights"], "weight").symmetric is False
     out, _ = translate({'quant_cfg': {'inputs': {'type': 'mxfp8_e4m3fn'}}})
-    assert resolved_attributes(spec_to_quantizer(out["inputs"], "input")) == resolved_attributes(qz.MXFloat8e4m3Act)
+    assert resolve_attributes(spec_to_quantizer(out["inputs"], "input")) == resolve_attributes(qz.MXFloat8e4m3Act)
 
 
 @pytest.mark.parametrize("algorithm", ["gptq", {"awq": {"grids_num": 20}}, {"smoothquant": {"smooth_strength": 0.5}}, {"ofmr"}])

@@ -11,7 +11,7 @@ import quantizers as qz
 from qlayers import QuantLinear
 from qlayers.compat.coreai_opt import spec_to_quantizer, translate
 from qlayers.model import calibrate, quantize_model
-from quantizers.zoo.base import resolved_attributes
+from quantizers import resolve_attributes
 
 X = torch.tensor([[-2.0, -0.7, 0.1, 0.33, 1.0, 1.5]])
 
@@ -22,7 +22,7 @@ def fq(spec, x=X, role="weight"):
 
 def test_seed_examples_resolve():
     # QuantizationSpec(): int8, symmetric, per tensor
-    assert resolved_attributes(spec_to_quantizer({})) == resolved_attributes(spec_to_quantizer({"dtype": "int8"}))
+    assert resolve_attributes(spec_to_quantizer({})) == resolve_attributes(spec_to_quantizer({"dtype": "int8"}))
     spec = dict(dtype=torch.int8, qscheme="symmetric", granularity={"type": "per_channel", "axis": 1},
                 fake_quantize_cls="default", qparam_calculator_cls="default", range_calculator_cls="minmax")
     cls = spec_to_quantizer(spec, "weight")
@@ -128,7 +128,7 @@ def test_coreai_dict_as_a_config_section_and_pydantic_like_objects():
         ({"dtype": "int8", "granularity": {"type": "per_row"}}, "weight", ValueError, ["spec.granularity.type='per_row'", "per_block"]),
         ({"dtype": "int8", "qparam_calculator_cls": "moving_average"}, "weight", NotImplementedError, ["for weights"]),
         ({"dtype": "int8", "qparam_calculator_cls": "kl"}, "input", ValueError, ["qparam_calculator_cls='kl'"]),
-        ({"dtype": "int8", "float_range": [1.0, 2.0]}, "input", ValueError, ["min must be <= 0"]),
+        ({"dtype": "int8", "float_range": [1.0, 2.0]}, "input", ValueError, ["spec.float_range=(1.0, 2.0)", "min <= 0 <= max"]),
         ({"dtype": "int8", "axis": 0}, "weight", ValueError, ["unknown key 'spec.axis'"]),
     ],
 )

@@ -11,7 +11,7 @@ import qlayers
 import quantizers as qz
 from qlayers.compat.mqbench import disable_all, enable_calibration, enable_quantization, prepare_by_platform, translate
 from qlayers.model.spec import spec_to_quantizer
-from quantizers.zoo.base import resolved_attributes
+from quantizers import resolve_attributes
 
 
 def build_model():
@@ -90,7 +90,7 @@ def test_e5m2_seed_example_runs_unchanged():
     prepare_custom_config_dict = E5M2_SEED
     model = prepare_by_platform(model, prepare_custom_config_dict)
     weights = spec_to_quantizer(translate(E5M2_SEED)["weights"], "weight")
-    assert resolved_attributes(weights) == resolved_attributes(qz.Fp8e5m2OCPWeightPerTensorFloat)
+    assert resolve_attributes(weights) == resolve_attributes(qz.Fp8e5m2OCPWeightPerTensorFloat)
     assert model[2].input_quant.fmt.name == "float8_e5m2"
     assert model(torch.randn(2, 16)).shape == (2, 4)
 

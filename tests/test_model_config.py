@@ -8,7 +8,7 @@ import pytest
 
 import quantizers as qz
 from qlayers.model import QuantConfig, load_config, validate_config
-from quantizers.zoo.base import resolved_attributes
+from quantizers import resolve_attributes
 
 
 def test_sections_accept_class_name_quantizer_form_spec_and_coreai():
@@ -22,7 +22,7 @@ def test_sections_accept_class_name_quantizer_form_spec_and_coreai():
     assert cfg.sections["weights"] is qz.Int8WeightPerChannelFloat
     assert cfg.sections["inputs"] is qz.Int8ActPerTensorFloat
     assert issubclass(cfg.sections["outputs"], qz.Int8ActPerTensorFloat) and cfg.sections["outputs"].bit_width == 4
-    assert resolved_attributes(cfg.sections["bias"]) == resolved_attributes(qz.Int32Bias)
+    assert resolve_attributes(cfg.sections["bias"]) == resolve_attributes(qz.Int32Bias)
     assert cfg.sections["activations"].observer == "ema_minmax"
 
 
@@ -63,7 +63,7 @@ def test_load_config_reads_yaml_and_json(tmp_path):
     for name in ("c.json", "c.yaml"):
         cfg = load_config(tmp_path / name)
         assert isinstance(cfg, QuantConfig)
-        assert resolved_attributes(cfg.sections["weights"]) == resolved_attributes(qz.MXFloat4e2m1Weight)
+        assert resolve_attributes(cfg.sections["weights"]) == resolve_attributes(qz.MXFloat4e2m1Weight)
         assert cfg.skip_layers == ("head",)
     assert validate_config(str(tmp_path / "c.json")).skip_layers == ("head",)
 
@@ -82,7 +82,7 @@ def test_load_config_rejects_unknown_suffix(tmp_path):
         ({"inputs": {"quantizer": "Int8ActPerTensorFloa"}}, ValueError, ["inputs.quantizer='Int8ActPerTensorFloa'", "Int8ActPerTensorFloat"]),
         ({"inputs": {"quantizer": "Int8ActPerTensorFloat", "bitwidth": 4}}, TypeError, ["inputs:", "'bitwidth'", "bit_width"]),
         ({"weights": "Int8ActPerTensorFloat"}, ValueError, ["weights.quantizer=Int8ActPerTensorFloat", "role 'act'"]),
-        ({"weights": {"quantizer": qz.Int8WeightPerTensorFloat, "bit_width": None}}, ValueError, ["weights:", "bit_width"]),
+        ({"weights": {"quantizer": qz.Int8WeightPerTensorFloat, "bit_width": None}}, ValueError, ["weights.bit_width", "Int8WeightPerTensorFloat"]),
         ({"weights": {"group_size": 32}}, ValueError, ["weights must name what to quantize with"]),
         ({"weights": 8}, TypeError, ["weights must be None, a quantizer class"]),
         ({"weights": {"format": "int8"}, "bias": {"format": "int32"}}, ValueError, ["bias=Int32Bias", "'inputs' is not quantized"]),

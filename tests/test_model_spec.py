@@ -9,7 +9,7 @@ import torch
 import quantizers as qz
 from qlayers import QuantLinear
 from qlayers.model.spec import spec_to_quantizer
-from quantizers.zoo.base import resolved_attributes
+from quantizers import resolve_attributes
 
 # (spec, role, the predefined quantizer a user would pick by hand)
 EQUIVALENT = [
@@ -41,7 +41,7 @@ EQUIVALENT = [
 
 @pytest.mark.parametrize("spec, role, reference", EQUIVALENT, ids=[r.__name__ + "-" + role for _, role, r in EQUIVALENT])
 def test_spec_resolves_to_the_predefined_quantizers_attributes(spec, role, reference):
-    assert resolved_attributes(spec_to_quantizer(spec, role)) == resolved_attributes(reference)
+    assert resolve_attributes(spec_to_quantizer(spec, role)) == resolve_attributes(reference)
 
 
 def test_spec_class_is_built_from_the_mixins_a_user_would_write():

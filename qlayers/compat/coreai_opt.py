@@ -41,7 +41,7 @@ import torch
 from quantizers import Quantizer
 
 from ..model.errors import bad_type, bad_value, join, unknown_key
-from ..model.spec import ROLES, check_float_range
+from ..model.spec import ROLES
 from ..model.spec import spec_to_quantizer as _declarative
 
 SPEC_KEYS = (
@@ -111,8 +111,8 @@ def translate(spec: Any, role: str = "weight", path: str = "spec") -> Dict[str, 
     elif calculator not in ("default", "static"):
         raise NotImplementedError(f"{cpath}={calculator!r} for weights is not yet supported by qzoo: weights take their range from the tensor ('default' or 'static')")
     float_range = spec.get("float_range")
-    if float_range is not None and list(float_range) != [None, None]:
-        out["float_range"] = list(check_float_range(float_range, join(path, "float_range")))
+    if float_range is not None and (not isinstance(float_range, (list, tuple)) or list(float_range) != [None, None]):
+        out["float_range"] = float_range  # checked by the quantizer attribute schema
     return out
 
 

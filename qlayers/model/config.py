@@ -36,19 +36,15 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type, Union
 
 import quantizers
-from quantizers import Quantizer, QuantizerConfigError, build_tensor_quantizer
-from quantizers.zoo.base import check_attribute_names
+from quantizers import Quantizer, QuantizerConfigError, build_tensor_quantizer, check_attribute_names
 
 from .errors import bad_type, bad_value, join, unknown_key
-from .spec import ROLES, check_float_range, spec_to_quantizer
+from .spec import ROLES, spec_to_quantizer
 
 SECTIONS: Dict[str, str] = {"weights": "weight", "inputs": "input", "outputs": "output", "bias": "bias", "activations": "act"}
 """Config section -> the layer role it quantizes (``<role>_quant``)."""
 TOP_KEYS = (*SECTIONS, "skip_layers", "layers", "functional_adds")
-EXTRA_KEYS = ("learned_scale", "float_range")
-"""Keys a ``{"quantizer": ...}`` section accepts besides quantizer attributes."""
 _REPLACING_KEYS = ("quantizer", "format", "dtype")
-_LAYOUTS = {"weight": {"channel_axis": 0, "group_dim": 1}, "act": {"channel_axis": 1, "group_dim": -1}}
 
 Section = Optional[Type[Quantizer]]
 
@@ -192,32 +188,15 @@ def _quantizer_form(value: Mapping[str, Any], role: str, path: str) -> Type[Quan
         quantizer = found
     elif not (isinstance(quantizer, type) and issubclass(quantizer, Quantizer)):
         raise bad_type(qpath, quantizer, "a quantizer class (a subclass of quantizers.Quantizer) or its name")
-    overrides = {k: v for k, v in value.items() if k != "quantizer" and k not in EXTRA_KEYS}
+    overrides = {k: v for k, v in value.items() if k != "quantizer"}
     try:
         check_attribute_names(quantizer, overrides)
     except TypeError as error:
         raise TypeError(f"{path}: {error}") from None
-    extras = _extras(value, quantizer.with_overrides(**overrides), role, path)
     _check_role(quantizer, role, qpath)
-    resolved = type(quantizer.__name__, (quantizer,), {"__module__": quantizer.__module__, **overrides, **extras}) if (overrides or extras) else quantizer
-    _trial_build(resolved, role, path)
+    resolved = quantizer.with_overrides(**overrides)
+    _trial_build(resolved, path)
     return resolved
-
-
-def _extras(value: Mapping[str, Any], quantizer: Type[Quantizer], role: str, path: str) -> Dict[str, Any]:
-    extras: Dict[str, Any] = {}
-    learned = value.get("learned_scale", False)
-    if not isinstance(learned, bool):
-        raise bad_type(join(path, "learned_scale"), learned, "True or False")
-    if learned:
-        static = ROLES[role] == "weight" or (ROLES[role] == "act" and quantizer.observer is not None)
-        if quantizer.scaling != "float" or not static:
-            why = "its scaling must be 'float'" if quantizer.scaling != "float" else "its range must be static"
-            raise ValueError(f"{join(path, 'learned_scale')}=True is not available for {quantizer.__name__}: {why}")
-        extras["learned_scale"] = True
-    if value.get("float_range") is not None:
-        extras["float_range"] = check_float_range(value["float_range"], join(path, "float_range"))
-    return extras
 
 
 def _check_role(quantizer: Type[Quantizer], role: str, path: str) -> None:
@@ -228,17 +207,13 @@ def _check_role(quantizer: Type[Quantizer], role: str, path: str) -> None:
         raise ValueError(f"{path}={quantizer.__name__} has role {quantizer.role!r}, but this section needs {expected} (e.g. {_quantizer_names(role)[0]})")
 
 
-def _trial_build(quantizer: Type[Quantizer], role: str, path: str) -> None:
-    if quantizer.requires_input_scale:
-        from ..bias import BiasQuantizer
-
-        builder = lambda: BiasQuantizer.from_quantizer(quantizer)  # noqa: E731
-    else:
-        builder = lambda: build_tensor_quantizer(quantizer, _LAYOUTS["act" if ROLES[role] == "act" else "weight"])  # noqa: E731
+def _trial_build(quantizer: Type[Quantizer], path: str) -> None:
+    """Resolve and build ``quantizer`` as a layer would, so a bad attribute fails at validation
+    with its key path (``weights.group_size: ...``)."""
     try:
-        builder()
+        build_tensor_quantizer(quantizer)
     except QuantizerConfigError as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise error.located(join(path, error.attribute) if error.attribute else path) from None
 
 
 def _quantizer_names(role: str) -> List[str]:

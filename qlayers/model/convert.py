@@ -37,7 +37,7 @@ from ..embedding import QuantEmbedding
 from ..linear import QuantLinear
 from ..quant_layer import QuantLayer
 from .config import QuantConfig, Section, skip_matches, validate_config
-from .control import configure_quantizers
+from .control import init_learned_weight_range
 from .functional import quantize_functional_adds, traced_adds, untrace
 
 WEIGHT_LAYERS: Dict[Type[nn.Module], Type[QuantLayer]] = {
@@ -157,7 +157,7 @@ def _quantized_twin(module: nn.Module, name: str, cfg: QuantConfig) -> Optional[
     twin = cls.from_float(module, **{f"{role}_quant": section for role, section in roles.items()})
     for pname, param in module.named_parameters(recurse=False):  # keep the very Parameter objects
         setattr(twin, pname, param)
-    configure_quantizers(twin, roles)
+    init_learned_weight_range(twin)
     return twin
 
 

@@ -30,7 +30,6 @@ from torch import fx, nn
 from ..merge import QuantEltwiseAdd
 from ..quant_layer import QuantLayer
 from .config import QuantConfig
-from .control import configure_quantizers
 from .qat import quantization_disabled
 
 _TRACED = "_qzoo_traced_adds"  # instance attribute: names of the eltwise adds of a rewritten module
@@ -116,7 +115,6 @@ def _rewrite_adds(module: nn.Module, name: str, cfg: QuantConfig, log: tuple) ->
         if sections is None or (sections["inputs"] is None and sections["outputs"] is None):
             continue
         add = QuantEltwiseAdd(input_quant=sections["inputs"], output_quant=sections["outputs"])
-        configure_quantizers(add, {"input": sections["inputs"], "output": sections["outputs"]})
         module.add_module(local, (add if device is None else add.to(device)).train(module.training))
         with graph.inserting_before(node):
             call = graph.call_module(local, tuple(node.args[:2]))

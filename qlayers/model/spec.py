@@ -47,12 +47,9 @@ HiFloat8 defaults to the zoo's choice: a power-of-two scale picked by an MSE sea
 """
 from __future__ import annotations
 
-import numbers
 from typing import Any, Dict, Mapping, Optional, Tuple, Type
 
-from quantizers.scaling.rules import FULL_RANGE_DIVISORS
 from quantizers import (
-    ROUNDING_MODES,
     ActQuant,
     BiasQuant,
     DynamicActQuant,
@@ -81,10 +78,12 @@ from quantizers import (
     PerToken,
     PowerOfTwoScaling,
     Quantizer,
+    QuantizerConfigError,
     UintQuant,
     WeightQuant,
     get_format,
     known_format_names,
+    resolve_attributes,
 )
 
 from .errors import bad_type, bad_value, join, unknown_key
@@ -138,6 +137,16 @@ STATIC_OBSERVERS = {  # name -> (observer, range_method)
 RANGE_ONLY_OBSERVERS = {"minmax": "max", "percentile": "percentile", "mse": "mse"}
 """Weights and dynamic activations take their range from each tensor: only the range method varies."""
 
+PASS_THROUGH_KEYS = (
+    "rounding", "saturating", "percentile", "momentum", "channel_axis", "group_dim", "learned_scale", "float_range",
+    "full_range_divisor",
+)
+"""Spec keys that are quantizer attributes of the same name, validated by the attribute schema."""
+ATTRIBUTE_KEYS = {
+    "narrow_range": "narrow", "zero_point_formulation": "formulation", "scaling": "scale",
+    "scale_rounding": "scale", "range_method": "observer",
+}
+"""The spec key behind a quantizer attribute whose name differs."""
 FORMULATIONS = ("zp", "minval")
 _CACHE: Dict[Tuple[Any, ...], Type[Quantizer]] = {}
 
@@ -185,7 +194,7 @@ def _build(spec: Dict[str, Any], role: str, path: str) -> Type[Quantizer]:
 
     if scaling == "accumulator":  # bias at input scale x weight scale
         bases: Tuple[type, ...] = (BiasQuant,)
-        attrs.update(bit_width=fmt.bits, signed=fmt.signed, narrow_range=False)
+        attrs.update(bit_width=fmt.bits, signed=fmt.signed, narrow_range=False, granularity=granularity, group_size=group_size)
     else:
         bases = _element_mixins(fmt, fmt_name, narrow)
         bases += (WeightQuant if kind in ("weight", "bias") else DynamicActQuant if dynamic else ActQuant,)
@@ -198,12 +207,11 @@ def _build(spec: Dict[str, Any], role: str, path: str) -> Type[Quantizer]:
         )
         if fmt_name == "hifloat8" and scaling == "po2" and range_method == "mse":
             attrs["mse_ratios"] = HiFloat8WeightPerTensorFloat.mse_ratios
-    _scalar_options(spec, attrs, path)
-    _training_options(spec, attrs, kind, scaling, dynamic, path)
+    _pass_through(spec, attrs)
     name = _class_name(fmt, fmt_name, block, kind, dynamic, granularity, scaling, scale_rounding, symmetric)
     quantizer = type(name, bases, {"__module__": __name__, "__doc__": f"Built from the {role} spec {spec!r}.", **attrs})
     quantizer.__qualname__ = name
-    return quantizer
+    return _validated(quantizer, spec, path)
 
 
 # ---- pieces --------------------------------------------------------------------------------------
@@ -240,15 +248,9 @@ def _granularity(spec, kind, block, path):
         raise bad_value(gpath, granularity, ("group", "block"), f"{spec['format']} is a block format: its scales are shared per block")
     if granularity == "token" and kind != "act":
         raise bad_value(gpath, granularity, ("tensor", "channel", "group", "block"), "'token' is for activations (inputs/outputs)")
-    group_size = spec.get("group_size")
-    if granularity != "group":
-        if group_size is not None:
-            raise ValueError(f"{join(path, 'group_size')}={group_size!r} needs granularity 'group' or 'block', got {granularity!r}")
-        return granularity, None
-    if group_size is None:  # the zoo's defaults: NVFP4 16, MX 32, integer groups 128 (GPTQ/AWQ)
+    group_size = spec.get("group_size")  # checked by the attribute schema (applies to groups only)
+    if granularity == "group" and group_size is None:  # the zoo's defaults: NVFP4 16, MX 32, int groups 128
         group_size = 16 if block == "nvfp4" else 32 if block else 128
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-        raise bad_type(join(path, "group_size"), group_size, "a positive int")
     return granularity, group_size
 
 
@@ -340,59 +342,21 @@ def _observer(spec, kind, dynamic, fmt_name, path):
     return None, RANGE_ONLY_OBSERVERS[name]
 
 
-def _scalar_options(spec, attrs, path):
-    if "rounding" in spec:
-        if spec["rounding"] not in ROUNDING_MODES:
-            raise bad_value(join(path, "rounding"), spec["rounding"], ROUNDING_MODES)
-        attrs["rounding"] = spec["rounding"]
-    if "saturating" in spec:
-        attrs["saturating"] = _bool(spec, "saturating", None, path)
-    if "percentile" in spec:
-        value = spec["percentile"]
-        if not _number(value) or not 0 < value <= 100:
-            raise bad_type(join(path, "percentile"), value, "a number in (0, 100]")
-        attrs["percentile"] = float(value)
-    if "momentum" in spec:
-        value = spec["momentum"]
-        if not _number(value) or not 0 < value <= 1:
-            raise bad_type(join(path, "momentum"), value, "a number in (0, 1]")
-        attrs["momentum"] = float(value)
-    if "full_range_divisor" in spec:
-        if spec["full_range_divisor"] not in FULL_RANGE_DIVISORS:
-            raise bad_value(join(path, "full_range_divisor"), spec["full_range_divisor"], FULL_RANGE_DIVISORS)
-        attrs["full_range_divisor"] = spec["full_range_divisor"]
-    for key in ("channel_axis", "group_dim"):
-        if key in spec and spec[key] is not None:
-            if isinstance(spec[key], bool) or not isinstance(spec[key], int):
-                raise bad_type(join(path, key), spec[key], "an int (a tensor dimension) or None")
-            attrs[key] = spec[key]
+def _pass_through(spec, attrs):
+    """Keys that are quantizer attributes of the same name; the schema checks their values."""
+    for key in PASS_THROUGH_KEYS:
+        if spec.get(key) is not None:
+            attrs[key] = tuple(spec[key]) if isinstance(spec[key], list) else spec[key]
 
 
-def _training_options(spec, attrs, kind, scaling, dynamic, path):
-    if _bool(spec, "learned_scale", False, path):
-        if scaling != "float" or dynamic or kind == "bias":
-            why = "scale must be 'float'" if scaling != "float" else "the range must be static (not dynamic, not a bias)"
-            raise ValueError(f"{join(path, 'learned_scale')}=True is not available here: {why}")
-        attrs["learned_scale"] = True
-    if spec.get("float_range") is not None:
-        attrs["float_range"] = check_float_range(spec["float_range"], join(path, "float_range"))
-
-
-def check_float_range(value: Any, path: str) -> Tuple[Optional[float], Optional[float]]:
-    """``(min, max)`` of a fixed range (either None); ``min <= 0 <= max`` and ``min < max``."""
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise bad_type(path, value, "a list [min, max] (either may be None)")
-    low, high = value
-    for item in (low, high):
-        if item is not None and not _number(item):
-            raise bad_type(path, value, "a list of two numbers or None")
-    if low is not None and low > 0:
-        raise ValueError(f"{path}={list(value)!r}: min must be <= 0")
-    if high is not None and high < 0:
-        raise ValueError(f"{path}={list(value)!r}: max must be >= 0")
-    if low is not None and high is not None and low >= high:
-        raise ValueError(f"{path}={list(value)!r}: min must be < max")
-    return (None if low is None else float(low), None if high is None else float(high))
+def _validated(quantizer: Type[Quantizer], spec: Mapping[str, Any], path: str) -> Type[Quantizer]:
+    """``quantizer`` once its attributes resolve; a schema error names the spec key at fault."""
+    try:
+        resolve_attributes(quantizer)
+    except QuantizerConfigError as error:
+        key = ATTRIBUTE_KEYS.get(error.attribute, error.attribute)
+        raise error.located(join(path, key) if key in spec else path) from None
+    return quantizer
 
 
 def _element_mixins(fmt, fmt_name, narrow) -> Tuple[type, ...]:
@@ -432,7 +396,3 @@ def _bool(spec, key, default, path):
     if value is not None and not isinstance(value, bool):
         raise bad_type(join(path, key), value, "True or False")
     return value
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -1,9 +1,16 @@
-"""Building the runtime module of a quantizer class (constructor injection with ``dependencies``).
+"""Building the runtime module of a quantizer from its validated attributes.
 
-The quantizer's attributes, resolved in Python's MRO, plus the builder functions below form an
-``Injector``; asking it for ``tensor_quantizer`` builds the format, granularity, scaler and
-observer the :class:`~quantizers.tensor_quantizer.TensorQuantizer` needs. Every failure comes out
-as :class:`QuantizerConfigError` naming the quantizer class, never as a raw ``DependencyError``.
+The builder is a ``dependencies`` Injector with one input, ``attributes`` (a
+:class:`~quantizers.zoo.attributes.QuantizerAttributes`), and four nodes computed from it: the
+element ``fmt``, the ``granularity``, the ``scaler`` (scale rule bound to the format) and the
+``observer``. ``tensor_quantizer`` assembles them into a
+:class:`~quantizers.tensor_quantizer.TensorQuantizer`; ``bias_quantizer`` builds the
+:class:`~quantizers.bias_quantizer.BiasQuantizer` of ``role="bias"``. No attribute name is matched
+to a parameter name: every node reads the fields it needs from ``attributes``.
+
+Extension points: ``scaling`` may be a :class:`~quantizers.scaling.scalers.Scaler` subclass (built
+as ``cls(fmt)``) or instance, and ``observer`` an :class:`~quantizers.observers.Observer` subclass
+(built as ``cls()``; EMA subclasses as ``cls(momentum)``).
 """
 from __future__ import annotations
 
@@ -11,192 +18,126 @@ from typing import Any, Dict, Optional, Type
 
 import torch
 from dependencies import Injector, value
+from torch import nn
 
-from ..formats import NAMED_FORMATS, FloatFormat, IntFormat, NumberFormat, get_format
-from ..observers import OBSERVERS, EMAMinMaxObserver
-from ..formats.rounding import ROUNDING_MODES
-from ..scaling.block_scales import MX_SCALE_MODES
+from ..bias_quantizer import BiasQuantizer
+from ..formats import IntFormat, NumberFormat
+from ..observers import EMAMinMaxObserver, Observer
 from ..scaling.granularity import Granularity
-from ..scaling.rules import FULL_RANGE_DIVISORS, POWER_OF_TWO_ROUNDINGS
-from ..scaling.scalers import FloatScaler, IntScaler, MXScaler, NVFP4Scaler, UnitScaler
-from ..tensor_quantizer import RANGE_METHODS, TensorQuantizer
-from .base import Quantizer, QuantizerConfigError, check_attribute_names, resolved_attributes
+from ..scaling.scalers import FloatScaler, IntScaler, MXScaler, NVFP4Scaler, Scaler, UnitScaler
+from ..tensor_quantizer import TensorQuantizer
+from .attributes import QuantizerAttributes, observer_class
+from .base import Quantizer, resolve_attributes
+from .errors import QuantizerConfigError
+from .modes import SCALE_ROUNDING_DEFAULTS, GranularityKind, Role, Scaling
 
-SCALINGS = ("float", "po2", "e8m0", "nvfp4", "none")
-QUANT_TYPES = ("int", "float")
-FLOAT_STANDARDS = ("ocp", "fnuz", "ieee", "none")
-
-
-def _allowed(name: str, given: Any, allowed) -> QuantizerConfigError:
-    return QuantizerConfigError(f"{name}={given!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+ROLE_LAYOUTS: Dict[Role, Dict[str, int]] = {
+    Role.WEIGHT: {"channel_axis": 0, "group_dim": 1},
+    Role.ACT: {"channel_axis": 1, "group_dim": -1},
+    Role.BIAS: {"channel_axis": 0, "group_dim": 0},
+}
+"""Where a role's channels and reduction axis lie when neither the quantizer nor a layer says."""
 
 
 @value
-def number_format(
-    quant_type, element_format, bit_width, signed, narrow_range, exponent_bit_width,
-    mantissa_bit_width, exponent_bias, float_standard, saturating,
-) -> NumberFormat:
-    if element_format is not None:
-        try:
-            return get_format(element_format)
-        except (TypeError, ValueError) as error:
-            raise QuantizerConfigError(f"element_format: {error}") from None
-    if quant_type not in QUANT_TYPES:
-        raise _allowed("quant_type", quant_type, QUANT_TYPES)
-    if quant_type == "int":
-        if bit_width is None:
-            raise QuantizerConfigError("an int quantizer needs bit_width (e.g. bit_width = 8)")
-        return IntFormat(bits=bit_width, signed=signed, narrow=narrow_range)
-    if exponent_bit_width is None or mantissa_bit_width is None:
-        raise QuantizerConfigError(
-            "a float quantizer needs exponent_bit_width and mantissa_bit_width: inherit a format "
-            "mixin such as Fp8e4m3Mixin, or set element_format"
-        )
-    total = int(signed) + exponent_bit_width + mantissa_bit_width
-    if bit_width is not None and bit_width != total:
-        raise QuantizerConfigError(
-            f"bit_width={bit_width} contradicts exponent_bit_width={exponent_bit_width} + "
-            f"mantissa_bit_width={mantissa_bit_width} + sign = {total}"
-        )
-    standard = float_standard or "ocp"
-    if standard not in FLOAT_STANDARDS:
-        raise _allowed("float_standard", float_standard, FLOAT_STANDARDS)
-    special, default_bias = _float_special(standard, exponent_bit_width, mantissa_bit_width)
-    fmt = FloatFormat(
-        exponent_bit_width, mantissa_bit_width,
-        default_bias if exponent_bias is None else exponent_bias, special, signed=signed,
-        saturating=True if saturating is None else saturating,
+def _fmt(attributes: QuantizerAttributes) -> NumberFormat:
+    return attributes.number_format
+
+
+@value
+def _granularity(attributes: QuantizerAttributes) -> Granularity:
+    a = attributes.with_layout(**ROLE_LAYOUTS[attributes.role])
+    kind = a.granularity
+    axis = a.channel_axis if kind is GranularityKind.CHANNEL else a.group_dim if kind in (GranularityKind.GROUP, GranularityKind.TOKEN) else 0
+    return Granularity(
+        kind.value, axis, a.group_size if kind is GranularityKind.GROUP else None,
+        a.tile_shape if kind is GranularityKind.TILE else None,
     )
-    return next((named for named in NAMED_FORMATS.values() if named == fmt), fmt)
-
-
-def _float_special(standard: str, exponent_bits: int, mantissa_bits: int):
-    ieee_bias = 2 ** (exponent_bits - 1) - 1
-    if standard == "fnuz":
-        return "fnuz", ieee_bias + 1
-    if standard == "ieee":
-        return "ieee", ieee_bias
-    if standard == "none":
-        return "none", ieee_bias  # every code finite (Brevitas's Fp8e4m3Mixin alone: max 480)
-    if (exponent_bits, mantissa_bits) == (4, 3):
-        return "fn", ieee_bias  # OCP E4M3
-    if (exponent_bits, mantissa_bits) == (5, 2):
-        return "ieee", ieee_bias  # OCP E5M2
-    return "none", ieee_bias  # OCP MX FP6 / FP4
 
 
 @value
-def granularity_object(granularity, channel_axis, group_size, group_dim, tile_shape, layout_defaults) -> Granularity:
-    if granularity == "channel":
-        axis = layout_defaults["channel_axis"] if channel_axis is None else channel_axis
-    elif granularity in ("group", "token"):
-        axis = layout_defaults["group_dim"] if group_dim is None else group_dim
-    else:
-        axis = 0
-    if granularity == "group" and group_size is None:
-        raise QuantizerConfigError("granularity='group' needs group_size (e.g. group_size = 32)")
-    try:
-        return Granularity(
-            granularity, axis, group_size if granularity == "group" else None,
-            tuple(tile_shape) if granularity == "tile" and tile_shape is not None else None,
-        )
-    except (TypeError, ValueError) as error:
-        raise QuantizerConfigError(str(error)) from None
-
-
-@value
-def scaler_object(scaling, scale_rounding, symmetric, zero_point_formulation, full_range_divisor, number_format):
-    if scaling not in SCALINGS:
-        raise _allowed("scaling", scaling, SCALINGS)
-    if scaling == "none":
+def _scaler(attributes: QuantizerAttributes, fmt: NumberFormat) -> Scaler:
+    scaling = attributes.scaling
+    if isinstance(scaling, Scaler):
+        return scaling
+    if isinstance(scaling, type):
+        return scaling(fmt)
+    if scaling is Scaling.NONE:
         return UnitScaler()
-    if scaling == "e8m0":
-        if scale_rounding not in (None, *MX_SCALE_MODES):
-            raise _allowed("scale_rounding", scale_rounding, MX_SCALE_MODES)
-        return MXScaler(number_format, scale_rounding or "floor")
-    if scaling == "nvfp4":
-        return NVFP4Scaler(number_format)
-    if scaling == "po2" and scale_rounding not in (None, *POWER_OF_TWO_ROUNDINGS):
-        raise _allowed("scale_rounding", scale_rounding, POWER_OF_TWO_ROUNDINGS)
-    power_of_two = (scale_rounding or "ceil") if scaling == "po2" else None
-    if isinstance(number_format, IntFormat):
-        if zero_point_formulation not in ("zp", "minval"):
-            raise _allowed("zero_point_formulation", zero_point_formulation, ("zp", "minval"))
-        if full_range_divisor not in FULL_RANGE_DIVISORS:
-            raise _allowed("full_range_divisor", full_range_divisor, FULL_RANGE_DIVISORS)
-        return IntScaler(number_format, symmetric, zero_point_formulation, power_of_two, full_range_divisor)
-    if not symmetric:
-        raise QuantizerConfigError("symmetric=False (a zero point) needs an integer format")
-    return FloatScaler(number_format, power_of_two)
-
-
-@value
-def observer_object(observer, momentum):
-    if observer is None:
-        return None
-    if observer not in OBSERVERS:
-        raise _allowed("observer", observer, [None, *OBSERVERS])
-    if OBSERVERS[observer] is EMAMinMaxObserver:
-        return EMAMinMaxObserver(momentum)
-    return OBSERVERS[observer]()
-
-
-@value
-def tensor_quantizer(
-    number_format, granularity_object, scaler_object, range_method, percentile, mse_ratios,
-    observer_object, rounding, saturating, float_range,
-) -> TensorQuantizer:
-    if range_method not in RANGE_METHODS:
-        raise _allowed("range_method", range_method, RANGE_METHODS)
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 100:
-        raise QuantizerConfigError(f"percentile={percentile!r} must be a number in (0, 100]")
-    if rounding is not None and rounding not in ROUNDING_MODES:
-        raise _allowed("rounding", rounding, ROUNDING_MODES)
-    if float_range is not None:
-        if not (isinstance(float_range, (tuple, list)) and len(float_range) == 2 and all(
-                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in float_range)):
-            raise QuantizerConfigError(f"float_range={float_range!r} must be a (min, max) pair of numbers or None")
-        float_range = tuple(None if v is None else float(v) for v in float_range)
-    if saturating is False and not (number_format.has_inf or number_format.has_nan):
-        raise QuantizerConfigError(
-            f"saturating=False needs a format with Inf or NaN for overflow; {number_format.name} has "
-            "neither (set saturating=True, or use an OCP/IEEE format)"
+    if scaling is Scaling.NVFP4:
+        return NVFP4Scaler(fmt)
+    rounding = (attributes.scale_rounding or SCALE_ROUNDING_DEFAULTS.get(scaling))
+    if scaling is Scaling.E8M0:
+        return MXScaler(fmt, rounding.value)
+    power_of_two = rounding.value if scaling is Scaling.PO2 else None
+    if isinstance(fmt, IntFormat):
+        return IntScaler(
+            fmt, attributes.symmetric, attributes.zero_point_formulation.value, power_of_two,
+            attributes.full_range_divisor.value,
         )
+    return FloatScaler(fmt, power_of_two)
+
+
+@value
+def _observer(attributes: QuantizerAttributes) -> Optional[Observer]:
+    cls = observer_class(attributes.observer)
+    if cls is None:
+        return None
+    return cls(attributes.momentum) if issubclass(cls, EMAMinMaxObserver) else cls()
+
+
+@value
+def _tensor_quantizer(attributes, fmt, granularity, scaler, observer) -> TensorQuantizer:
+    a = attributes
     return TensorQuantizer(
-        number_format, granularity_object, scaler_object, range_method=range_method,
-        percentile=percentile, observer=observer_object,
-        mse_ratios=None if mse_ratios is None else torch.tensor(mse_ratios, dtype=torch.float64), rounding=rounding, saturating=saturating,
-        float_range=float_range,
+        fmt, granularity, scaler, range_method=a.range_method.value, percentile=a.percentile,
+        mse_ratios=None if a.mse_ratios is None else torch.tensor(a.mse_ratios, dtype=torch.float64),
+        observer=observer, rounding=a.rounding, saturating=a.saturating, float_range=a.float_range,
+        learned_scale=a.learned_scale,
     )
 
 
-_BUILDERS = dict(
-    number_format=number_format, granularity_object=granularity_object, scaler_object=scaler_object,
-    observer_object=observer_object, tensor_quantizer=tensor_quantizer,
-)
+@value
+def _bias_quantizer(attributes, fmt) -> BiasQuantizer:
+    return BiasQuantizer(fmt, attributes.rounding)
 
-_ROLE_LAYOUT = {"weight": {"channel_axis": 0, "group_dim": 1}, "act": {"channel_axis": 1, "group_dim": -1}}
+
+class QuantizerBuilder(Injector):
+    """The builder's nodes; ``QuantizerBuilder.let(attributes=a).tensor_quantizer``."""
+
+    fmt = _fmt
+    granularity = _granularity
+    scaler = _scaler
+    observer = _observer
+    tensor_quantizer = _tensor_quantizer
+    bias_quantizer = _bias_quantizer
+
+
+def build_quantizer(attributes: QuantizerAttributes) -> nn.Module:
+    """The runtime module of validated ``attributes``: a :class:`TensorQuantizer`, or a
+    :class:`BiasQuantizer` for ``role="bias"``. Errors of custom scalers and observers come out as
+    :class:`QuantizerConfigError` naming the attribute."""
+    container = QuantizerBuilder.let(attributes=attributes)
+    try:
+        return container.bias_quantizer if attributes.role is Role.BIAS else container.tensor_quantizer
+    except QuantizerConfigError:
+        raise
+    except Exception as error:  # a custom Scaler/Observer or a runtime constructor refusing its arguments
+        raise QuantizerConfigError(f"could not be built: {type(error).__name__}: {error}") from error
 
 
 def build_tensor_quantizer(
     quantizer: Type[Quantizer], layout_defaults: Optional[Dict[str, int]] = None, **overrides: Any
-) -> TensorQuantizer:
+) -> nn.Module:
     """The runtime module of ``quantizer`` with ``overrides`` applied.
 
     ``layout_defaults`` (``{"channel_axis": .., "group_dim": ..}``) fill ``channel_axis`` and
-    ``group_dim`` where the quantizer leaves them ``None``; layers pass their own.
+    ``group_dim`` where the quantizer leaves them ``None``; layers pass their own. Bias quantizers
+    (``role="bias"``) give a :class:`~quantizers.bias_quantizer.BiasQuantizer`.
     """
-    if not (isinstance(quantizer, type) and issubclass(quantizer, Quantizer)):
-        raise TypeError(f"expected a quantizer class (a subclass of quantizers.Quantizer), got {quantizer!r}")
-    check_attribute_names(quantizer, overrides)
-    attributes = {**resolved_attributes(quantizer), **overrides}
-    defaults = dict(_ROLE_LAYOUT.get(attributes.get("role"), _ROLE_LAYOUT["weight"]))
-    defaults.update(layout_defaults or {})
-    namespace = {**attributes, **_BUILDERS, "layout_defaults": defaults}
+    attributes = resolve_attributes(quantizer, **overrides)
+    layout = layout_defaults or ROLE_LAYOUTS[attributes.role]
     try:
-        container = type(f"{quantizer.__name__}Injector", (Injector,), namespace)
-        return container.tensor_quantizer
+        return build_quantizer(attributes.with_layout(layout.get("channel_axis"), layout.get("group_dim")))
     except QuantizerConfigError as error:
-        raise QuantizerConfigError(f"{quantizer.__name__}: {error}") from None
-    except Exception as error:  # DependencyError and constructor errors, translated
-        raise QuantizerConfigError(f"{quantizer.__name__} could not be built: {error}") from error
+        raise error.naming(quantizer.__name__) from error.__cause__

@@ -148,7 +148,6 @@ class BiasQuant(Quantizer):
     signed = True
     narrow_range = False
     requires_input_scale = True
-    scaling = "none"
 
 
 # ---- granularity -----------------------------------------------------------------------------------
