@@ -305,3 +305,12 @@ def test_learned_scale_works_as_a_layer_keyword():
 def test_learned_scale_is_rejected_where_it_does_not_apply():
     with pytest.raises(QuantizerConfigError, match=r"learned_scale=True does not apply.*observer=None"):
         qnn.QuantLinear(16, 4, input_quant=qz.Int8ActPerTokenFloat, input_learned_scale=True)
+
+
+def test_inapplicable_attribute_message_shows_plain_values_and_what_is_allowed():
+    with pytest.raises(QuantizerConfigError) as info:
+        resolve_attributes(qz.MXFloat8e4m3Weight, scaling="float")
+    assert str(info.value) == (
+        "MXFloat8e4m3Weight: scale_rounding='floor' does not apply here: scale_rounding is used only with "
+        "scaling in ('po2', 'e8m0'), and this quantizer has scaling='float'; allowed here: None (remove it)"
+    )

@@ -21,14 +21,12 @@ Every failure is a :class:`QuantizerConfigError` (a ``ValueError``; wrong types 
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from ..formats import ROUNDING_MODES, NumberFormat
-from ..observers import OBSERVERS, EMAMinMaxObserver, Observer
-from ..scaling.scalers import Scaler
+from ..formats import NumberFormat
+from ..observers import OBSERVERS, EMAMinMaxObserver
+from . import checks
 from .element import element_format_of
 from .errors import QuantizerAttributeTypeError, QuantizerConfigError
 from .modes import (
@@ -45,156 +43,6 @@ from .modes import (
     ScaleRounding,
     ZeroPointFormulation,
 )
-
-
-# ---- single-value checks -----------------------------------------------------------------------------
-class _Invalid(Exception):
-    def __init__(self, wrong_type: bool = False) -> None:
-        self.wrong_type = wrong_type
-
-
-@dataclass(frozen=True)
-class Check:
-    """A single-value check: ``normalise(value)`` returns the stored value or raises ``_Invalid``;
-    ``allowed`` says in words what is allowed."""
-
-    allowed: str
-    normalise: Callable[[Any], Any]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _optional(check: Check) -> Check:
-    return Check(f"{check.allowed} or None", lambda v: None if v is None else check.normalise(v))
-
-
-def _mode(enum: type) -> Check:
-    members = {member.value: member for member in enum}
-
-    def normalise(value):
-        if isinstance(value, str) and value in members:
-            return members[value]
-        raise _Invalid(not isinstance(value, str))
-
-    return Check(", ".join(members), normalise)
-
-
-def _boolean() -> Check:
-    def normalise(value):
-        if not isinstance(value, bool):
-            raise _Invalid(True)
-        return value
-
-    return Check("True, False", normalise)
-
-
-def _integer(minimum: Optional[int] = None) -> Check:
-    def normalise(value):
-        if not _is_int(value):
-            raise _Invalid(True)
-        if minimum is not None and value < minimum:
-            raise _Invalid()
-        return int(value)
-
-    return Check("an int" + (f" >= {minimum}" if minimum is not None else ""), normalise)
-
-
-def _number(low: float, high: float, low_open: bool = True) -> Check:
-    def normalise(value):
-        if not _is_real(value):
-            raise _Invalid(True)
-        if not ((low < value) if low_open else (low <= value)) or not value <= high:
-            raise _Invalid()
-        return float(value)
-
-    return Check(f"a number in {'(' if low_open else '['}{low:g}, {high:g}]", normalise)
-
-
-def _int_pair() -> Check:
-    def normalise(value):
-        if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_int(n) for n in value):
-            raise _Invalid(True)
-        if min(value) <= 0:
-            raise _Invalid()
-        return tuple(int(n) for n in value)
-
-    return Check("a pair (rows, cols) of positive ints", normalise)
-
-
-def _ratios() -> Check:
-    def normalise(value):
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise _Invalid(True)
-        items = list(value.tolist() if hasattr(value, "tolist") else value)
-        if not all(_is_real(r) for r in items):
-            raise _Invalid(True)
-        if not items or not all(math.isfinite(r) and r > 0 for r in items):
-            raise _Invalid()
-        return tuple(float(r) for r in items)
-
-    return Check("a non-empty sequence of finite numbers > 0", normalise)
-
-
-def _float_range() -> Check:
-    def normalise(value):
-        if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(v is None or _is_real(v) for v in value):
-            raise _Invalid(True)
-        low, high = (None if v is None else float(v) for v in value)
-        if any(v is not None and not math.isfinite(v) for v in (low, high)):
-            raise _Invalid()
-        if (low is not None and low > 0) or (high is not None and high < 0):
-            raise _Invalid()
-        if low is not None and high is not None and low >= high:
-            raise _Invalid()
-        return (low, high)
-
-    return Check("a pair (min, max) of finite numbers with min <= 0 <= max and min < max (either may be None)", normalise)
-
-
-def _element_format() -> Check:
-    def normalise(value):
-        if not isinstance(value, (str, NumberFormat)):
-            raise _Invalid(True)
-        return value
-
-    return Check("a format name or NumberFormat object (integer, minifloat or HiFloat8)", normalise)
-
-
-def _rounding() -> Check:
-    def normalise(value):
-        if value not in ROUNDING_MODES:
-            raise _Invalid(not isinstance(value, str))
-        return value
-
-    return Check(", ".join(ROUNDING_MODES), normalise)
-
-
-def _scaling() -> Check:
-    mode = _mode(Scaling)
-
-    def normalise(value):
-        if isinstance(value, Scaler) or (isinstance(value, type) and issubclass(value, Scaler)):
-            return value
-        return mode.normalise(value)
-
-    return Check(f"{mode.allowed}, or a Scaler subclass (built as cls(fmt)) or instance", normalise)
-
-
-def _observer() -> Check:
-    def normalise(value):
-        if isinstance(value, type) and issubclass(value, Observer):
-            return value
-        if isinstance(value, str) and value in OBSERVERS:
-            return value
-        raise _Invalid(not isinstance(value, str))
-
-    return Check(", ".join(OBSERVERS) + ", an Observer subclass (built as cls())", normalise)
 
 
 # ---- where an attribute applies ----------------------------------------------------------------------
@@ -232,7 +80,7 @@ def is_full_range_int(a: "QuantizerAttributes") -> bool:
     return integer and a.signed and not a.narrow_range and a.symmetric and a.scaling in (Scaling.FLOAT, Scaling.PO2)
 
 
-def attribute(default: Any, check: Check, doc: str, applies: Optional[AppliesTo] = None) -> Any:
+def attribute(default: Any, check: checks.Check, doc: str, applies: Optional[AppliesTo] = None) -> Any:
     """A field of :class:`QuantizerAttributes` with its check, applicability and doc."""
     return field(default=default, metadata={"check": check, "doc": doc, "applies": applies})
 
@@ -246,36 +94,36 @@ class QuantizerAttributes:
     """Every quantizer attribute, validated (see the module docstring). Build it from a quantizer
     class with :func:`quantizers.resolve_attributes`."""
 
-    role: Role = attribute(Role.WEIGHT, _mode(Role), "which tensor: weight, act (activation) or bias (scale = input scale x weight scale)")
-    quant_type: QuantType = attribute(QuantType.INT, _mode(QuantType), "element kind built from the widths below when element_format is None")
-    element_format: Any = attribute(None, _optional(_element_format()), "the element format by name or object; wins over quant_type and the widths")
-    bit_width: Optional[int] = attribute(None, _optional(_integer(1)), "bits per element (ints: required; floats: must equal sign + exponent + mantissa)")
-    signed: bool = attribute(True, _boolean(), "signed elements")
-    narrow_range: bool = attribute(False, _boolean(), "signed ints in [-(2^(b-1) - 1), 2^(b-1) - 1] instead of [-2^(b-1), 2^(b-1) - 1]", _when("quant_type", QuantType.INT))
-    exponent_bit_width: Optional[int] = attribute(None, _optional(_integer(0)), "minifloat exponent bits", _when("quant_type", QuantType.FLOAT))
-    mantissa_bit_width: Optional[int] = attribute(None, _optional(_integer(0)), "minifloat mantissa bits", _when("quant_type", QuantType.FLOAT))
-    exponent_bias: Optional[int] = attribute(None, _optional(_integer()), "minifloat exponent bias (None: the standard's)", _when("quant_type", QuantType.FLOAT))
-    float_standard: Optional[FloatStandard] = attribute(None, _optional(_mode(FloatStandard)), "minifloat special values: ocp (default), fnuz, ieee or none (every code finite)", _when("quant_type", QuantType.FLOAT))
-    saturating: Optional[bool] = attribute(None, _optional(_boolean()), "overflow to +-max (True) or to Inf/NaN (False); None: the format's default")
-    rounding: Optional[str] = attribute(None, _optional(_rounding()), "element rounding mode; None: the format's default (RNE; HiFloat8: ties away)")
-    scaling: Any = attribute(Scaling.FLOAT, _scaling(), "the scale rule: float, po2, e8m0 (OCP MX), nvfp4, none, or a Scaler subclass", _NOT_BIAS)
-    scale_rounding: Optional[ScaleRounding] = attribute(None, _optional(_mode(ScaleRounding)), "exponent rounding of power-of-two scales (po2: floor, ceil, round; e8m0: floor, rceil, ceil, even); None: ceil for po2, floor for e8m0", _when("scaling", Scaling.PO2, Scaling.E8M0))
-    symmetric: bool = attribute(True, _boolean(), "symmetric range; False: integer elements with a zero point", _when("scaling", Scaling.FLOAT, Scaling.PO2))
-    full_range_divisor: FullRangeDivisor = attribute(FullRangeDivisor.HALF_RANGE, _mode(FullRangeDivisor), "symmetric scale of full-range signed ints: half_range amax / (2^(b-1) - 0.5), min_int amax / 2^(b-1) (Brevitas)", AppliesTo("symmetric signed full-range ints (narrow_range=False) with scaling in ('float', 'po2')", is_full_range_int, ("quant_type", "signed", "narrow_range", "symmetric", "scaling"), strict=False))
-    zero_point_formulation: ZeroPointFormulation = attribute(ZeroPointFormulation.ZP, _mode(ZeroPointFormulation), "asymmetric scheme: zp (integer zero point) or minval (coreai_opt)", AppliesTo("symmetric=False", lambda a: not a.symmetric, ("symmetric",)))
-    granularity: GranularityKind = attribute(GranularityKind.TENSOR, _mode(GranularityKind), "which elements share a scale: tensor, channel, group, token or tile", _NOT_BIAS)
-    channel_axis: Optional[int] = attribute(None, _optional(_integer()), "the channel dimension; None: the layer's (weights 0, activations 1)", _when("granularity", GranularityKind.CHANNEL, strict=False))
-    group_size: Optional[int] = attribute(None, _optional(_integer(1)), "elements per group (OCP MX 32, NVFP4 16, int groups 128)", _when("granularity", GranularityKind.GROUP))
-    group_dim: Optional[int] = attribute(None, _optional(_integer()), "the dimension grouped or reduced per token; None: the layer's reduction axis", _when("granularity", GranularityKind.GROUP, GranularityKind.TOKEN, strict=False))
-    tile_shape: Tuple[int, int] = attribute((128, 128), _int_pair(), "2-D blocks over dims 0 and 1", _when("granularity", GranularityKind.TILE))
-    range_method: RangeMethod = attribute(RangeMethod.MAX, _mode(RangeMethod), "range statistic: max (absmax or min/max), percentile or mse (clipping search)", _NOT_BIAS)
-    percentile: float = attribute(99.999, _number(0, 100), "the percentile of |x| (or of x's tails) the range clips at", _when("range_method", RangeMethod.PERCENTILE))
-    mse_ratios: Optional[Tuple[float, ...]] = attribute(None, _optional(_ratios()), "candidate multiples of the statistic the MSE search tries; None: 36 ratios from 0.3 to 1", _when("range_method", RangeMethod.MSE))
-    float_range: Optional[Tuple[Optional[float], Optional[float]]] = attribute(None, _optional(_float_range()), "fixed (min, max) ends of the range overriding the statistics (coreai_opt)", AppliesTo("role in ('weight', 'act') with a scaling other than 'none'", lambda a: a.role is not Role.BIAS and a.scaling is not Scaling.NONE, ("role", "scaling")))
-    observer: Any = attribute(None, _optional(_observer()), "static activation ranges aggregated over batches; None: the range of every tensor (dynamic)", _when("role", Role.ACT))
-    momentum: float = attribute(0.1, _number(0, 1), "EMA weight of the new batch: s <- (1 - m) s + m s_batch", AppliesTo("an EMA observer (observer='ema_minmax')", _ema, ("observer",)))
-    learned_scale: bool = attribute(False, _boolean(), "learn the range (LSQ-style) in QAT, starting from the statistic", AppliesTo("scaling='float' and a static range (weights, or activations with an observer)", _static_range, ("scaling", "role", "observer")))
-    requires_input_scale: bool = attribute(False, _boolean(), "True for biases: their scale is input scale x weight scale", _when("role", Role.BIAS))
+    role: Role = attribute(Role.WEIGHT, checks.mode(Role), "which tensor: weight, act (activation) or bias (scale = input scale x weight scale)")
+    quant_type: QuantType = attribute(QuantType.INT, checks.mode(QuantType), "element kind built from the widths below when element_format is None")
+    element_format: Any = attribute(None, checks.optional(checks.element_format()), "the element format by name or object; wins over quant_type and the widths")
+    bit_width: Optional[int] = attribute(None, checks.optional(checks.integer(1)), "bits per element (ints: required; floats: must equal sign + exponent + mantissa)")
+    signed: bool = attribute(True, checks.boolean(), "signed elements")
+    narrow_range: bool = attribute(False, checks.boolean(), "signed ints in [-(2^(b-1) - 1), 2^(b-1) - 1] instead of [-2^(b-1), 2^(b-1) - 1]", _when("quant_type", QuantType.INT))
+    exponent_bit_width: Optional[int] = attribute(None, checks.optional(checks.integer(0)), "minifloat exponent bits", _when("quant_type", QuantType.FLOAT))
+    mantissa_bit_width: Optional[int] = attribute(None, checks.optional(checks.integer(0)), "minifloat mantissa bits", _when("quant_type", QuantType.FLOAT))
+    exponent_bias: Optional[int] = attribute(None, checks.optional(checks.integer()), "minifloat exponent bias (None: the standard's)", _when("quant_type", QuantType.FLOAT))
+    float_standard: Optional[FloatStandard] = attribute(None, checks.optional(checks.mode(FloatStandard)), "minifloat special values: ocp (default), fnuz, ieee or none (every code finite)", _when("quant_type", QuantType.FLOAT))
+    saturating: Optional[bool] = attribute(None, checks.optional(checks.boolean()), "overflow to +-max (True) or to Inf/NaN (False); None: the format's default")
+    rounding: Optional[str] = attribute(None, checks.optional(checks.rounding_mode()), "element rounding mode; None: the format's default (RNE; HiFloat8: ties away)")
+    scaling: Any = attribute(Scaling.FLOAT, checks.scaling_rule(), "the scale rule: float, po2, e8m0 (OCP MX), nvfp4, none, or a Scaler subclass", _NOT_BIAS)
+    scale_rounding: Optional[ScaleRounding] = attribute(None, checks.optional(checks.mode(ScaleRounding)), "exponent rounding of power-of-two scales (po2: floor, ceil, round; e8m0: floor, rceil, ceil, even); None: ceil for po2, floor for e8m0", _when("scaling", Scaling.PO2, Scaling.E8M0))
+    symmetric: bool = attribute(True, checks.boolean(), "symmetric range; False: integer elements with a zero point", _when("scaling", Scaling.FLOAT, Scaling.PO2))
+    full_range_divisor: FullRangeDivisor = attribute(FullRangeDivisor.HALF_RANGE, checks.mode(FullRangeDivisor), "symmetric scale of full-range signed ints: half_range amax / (2^(b-1) - 0.5), min_int amax / 2^(b-1) (Brevitas)", AppliesTo("symmetric signed full-range ints (narrow_range=False) with scaling in ('float', 'po2')", is_full_range_int, ("quant_type", "signed", "narrow_range", "symmetric", "scaling"), strict=False))
+    zero_point_formulation: ZeroPointFormulation = attribute(ZeroPointFormulation.ZP, checks.mode(ZeroPointFormulation), "asymmetric scheme: zp (integer zero point) or minval (coreai_opt)", AppliesTo("symmetric=False", lambda a: not a.symmetric, ("symmetric",)))
+    granularity: GranularityKind = attribute(GranularityKind.TENSOR, checks.mode(GranularityKind), "which elements share a scale: tensor, channel, group, token or tile", _NOT_BIAS)
+    channel_axis: Optional[int] = attribute(None, checks.optional(checks.integer()), "the channel dimension; None: the layer's (weights 0, activations 1)", _when("granularity", GranularityKind.CHANNEL, strict=False))
+    group_size: Optional[int] = attribute(None, checks.optional(checks.integer(1)), "elements per group (OCP MX 32, NVFP4 16, int groups 128)", _when("granularity", GranularityKind.GROUP))
+    group_dim: Optional[int] = attribute(None, checks.optional(checks.integer()), "the dimension grouped or reduced per token; None: the layer's reduction axis", _when("granularity", GranularityKind.GROUP, GranularityKind.TOKEN, strict=False))
+    tile_shape: Tuple[int, int] = attribute((128, 128), checks.int_pair(), "2-D blocks over dims 0 and 1", _when("granularity", GranularityKind.TILE))
+    range_method: RangeMethod = attribute(RangeMethod.MAX, checks.mode(RangeMethod), "range statistic: max (absmax or min/max), percentile or mse (clipping search)", _NOT_BIAS)
+    percentile: float = attribute(99.999, checks.number(0, 100), "the percentile of |x| (or of x's tails) the range clips at", _when("range_method", RangeMethod.PERCENTILE))
+    mse_ratios: Optional[Tuple[float, ...]] = attribute(None, checks.optional(checks.ratios()), "candidate multiples of the statistic the MSE search tries; None: 36 ratios from 0.3 to 1", _when("range_method", RangeMethod.MSE))
+    float_range: Optional[Tuple[Optional[float], Optional[float]]] = attribute(None, checks.optional(checks.float_range_pair()), "fixed (min, max) ends of the range overriding the statistics (coreai_opt)", AppliesTo("role in ('weight', 'act') with a scaling other than 'none'", lambda a: a.role is not Role.BIAS and a.scaling is not Scaling.NONE, ("role", "scaling")))
+    observer: Any = attribute(None, checks.optional(checks.observer_kind()), "static activation ranges aggregated over batches; None: the range of every tensor (dynamic)", _when("role", Role.ACT))
+    momentum: float = attribute(0.1, checks.number(0, 1), "EMA weight of the new batch: s <- (1 - m) s + m s_batch", AppliesTo("an EMA observer (observer='ema_minmax')", _ema, ("observer",)))
+    learned_scale: bool = attribute(False, checks.boolean(), "learn the range (LSQ-style) in QAT, starting from the statistic", AppliesTo("scaling='float' and a static range (weights, or activations with an observer)", _static_range, ("scaling", "role", "observer")))
+    requires_input_scale: bool = attribute(False, checks.boolean(), "True for biases: their scale is input scale x weight scale", _when("role", Role.BIAS))
 
     def __post_init__(self) -> None:
         for f in _FIELDS:
@@ -285,8 +133,8 @@ class QuantizerAttributes:
             value = getattr(self, f.name)
             if applies is not None and applies.strict and value != f.default and not applies.test(self):
                 raise QuantizerConfigError(
-                    f"{f.name}={value!r} does not apply here: {f.name} is used only with {applies.text}, "
-                    f"and this quantizer has {_context(self, applies)}; allowed here: {f.default!r} (remove it)",
+                    f"{f.name}={_text(value)} does not apply here: {f.name} is used only with {applies.text}, "
+                    f"and this quantizer has {_context(self, applies)}; allowed here: {_text(f.default)} (remove it)",
                     f.name,
                 )
         _check_combination(self)
@@ -346,10 +194,10 @@ def _plain(value: Any) -> Any:
 
 
 def _checked(f: dataclasses.Field, value: Any) -> Any:
-    check: Check = f.metadata["check"]
+    check: checks.Check = f.metadata["check"]
     try:
         return check.normalise(value)
-    except _Invalid as invalid:
+    except checks.Invalid as invalid:
         error = QuantizerAttributeTypeError if invalid.wrong_type else QuantizerConfigError
         raise error(f"{f.name}={value!r} is not allowed; allowed values: {check.allowed}", f.name) from None
 
