@@ -64,7 +64,7 @@ def quantize(model: nn.Module, config: Mapping[str, Any]) -> nn.Module:
     With ``inputs`` in ``quant_cfg`` the model calibrates its activation ranges over the next
     ``batch_num`` forward calls, then quantizes them (call :func:`convert` to stop earlier)."""
     qzoo_config, batch_num = translate(config)
-    quantize_model(model, qzoo_config, inplace=True)
+    model = quantize_model(model, qzoo_config, inplace=True)
     if qzoo_config.get("inputs") is not None:
         _calibrate_for(model, batch_num)
     return model
