@@ -61,7 +61,10 @@ class QuantLayer(nn.Module):
 
     # ---- inputs and outputs ------------------------------------------------------------------
     def _quant_input(self, x: MaybeQuant) -> MaybeQuant:
-        """``input_quant(x)`` if the layer has one; else ``x`` unchanged (QuantTensor or not)."""
+        """``input_quant(x)`` if the layer has one; else ``x`` unchanged (QuantTensor or not).
+        Anything but a tensor or QuantTensor raises ``TypeError``, as ``nn`` layers do."""
+        if not isinstance(x, (torch.Tensor, QuantTensor)):
+            raise TypeError(f"{type(self).__name__}: input must be a torch.Tensor or QuantTensor, got {type(x).__name__}")
         quantizer = self.input_quant
         if quantizer is None:
             return x

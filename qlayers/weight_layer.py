@@ -50,6 +50,21 @@ class QuantWeightLayer(QuantLayer):
         )
         self._init_quantizers({r: specs[r] for r in self.quant_roles}, overrides, layouts, return_quant_tensor)
         self._weight_cache = WeightCache()
+        self._check_weight_axis()
+
+    def _check_weight_axis(self) -> None:
+        """An out-of-range channel axis or group dimension of the weight quantizer is an error now,
+        naming the layer and the override, not at the first forward."""
+        granularity = getattr(self.weight_quant, "granularity", None)
+        if granularity is None or granularity.kind not in ("channel", "group"):
+            return
+        ndim = self.weight.dim()
+        if not -ndim <= granularity.axis < ndim:
+            option = "weight_channel_axis" if granularity.kind == "channel" else "weight_group_dim"
+            raise ValueError(
+                f"{type(self).__name__}: {option}={granularity.axis} is out of range for its weight of shape "
+                f"{tuple(self.weight.shape)}; allowed: {-ndim}..{ndim - 1}"
+            )
 
     # ---- weight ------------------------------------------------------------------------------
     def quant_weight(self) -> Optional[QuantTensor]:

@@ -225,3 +225,13 @@ def test_a_skip_entry_naming_a_subtree_does_not_warn():
         warnings.simplefilter("error")
         q = quantize_model(model, {"weights": {"format": "int8"}, "skip_layers": ["0"]})
     assert type(q[0][0]) is nn.Linear and type(q[1]) is qlayers.QuantLinear
+
+
+def test_the_first_call_in_training_with_autograd_keeps_a_faithful_trace():
+    torch.manual_seed(0)
+    q = quantize_model(nn.Sequential(nn.Linear(16, 16), Res()), INT8_WA).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q(torch.randn(4, 16)).sum().backward()  # Res gets a non-leaf tensor that needs grad
+    assert traced_adds(q[1]) == ("eltwise_add",)
+    assert q[1].fc1.weight.grad is not None

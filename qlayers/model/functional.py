@@ -25,6 +25,7 @@ import warnings
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
+import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from ..merge import QuantEltwiseAdd
@@ -163,7 +164,7 @@ def _trace_problem(module: nn.Module, graph_module: fx.GraphModule, args: tuple,
     try:
         with torch.no_grad(), quantization_disabled(module), torch.random.fork_rng(devices=[]):
             try:
-                own_args, traced_args = copy.deepcopy((args, kwargs)), copy.deepcopy((args, kwargs))
+                own_args, traced_args = _copied((args, kwargs)), _copied((args, kwargs))
             except Exception as error:  # arguments that cannot be copied cannot be checked
                 return f"its arguments cannot be copied to check it: {type(error).__name__}"
             expected = type(module).forward(module, *own_args[0], **own_args[1])
@@ -175,6 +176,12 @@ def _trace_problem(module: nn.Module, graph_module: fx.GraphModule, args: tuple,
         for m, training in modes:
             m.training = training
     return _difference(expected, got, "output")
+
+
+def _copied(tree: Any) -> Any:
+    """Copies of the call's arguments, so the checks cannot change them (a cache updated in place):
+    tensors detached and cloned (autograd graphs are not copied), other leaves deep-copied."""
+    return pytree.tree_map(lambda leaf: leaf.detach().clone() if isinstance(leaf, torch.Tensor) else copy.deepcopy(leaf), tree)
 
 
 def _difference(expected: Any, got: Any, where: str) -> Optional[str]:

@@ -145,7 +145,7 @@ class NumberFormat:
     ) -> torch.Tensor:
         """Quantize ``x`` and return the bit codes (``torch.uint8``; ``torch.int32`` above 8 bits)."""
         check_float_input(x)
-        if not self.has_nan and not torch.compiler.is_compiling() and bool(torch.isnan(x).any()):
+        if not self.has_nan and not torch.compiler.is_compiling() and x.device.type != "meta" and bool(torch.isnan(x).any()):
             raise ValueError(f"cannot encode NaN: {self.name} has no NaN code")
         xc, q = self._round(x, rounding, saturating, generator)
         return self._codes_of(q, negative_nan=torch.signbit(xc)).to(self.code_dtype)
@@ -232,12 +232,12 @@ class ByteFormat(NumberFormat):
 
 def check_codes(codes: torch.Tensor, fmt: NumberFormat) -> None:
     """Raise ``TypeError`` unless ``codes`` is an integer tensor, ``ValueError`` if a code is outside
-    ``[0, 2^bits)`` (the range check is skipped while compiling)."""
+    ``[0, 2^bits)`` (the range check is skipped while compiling and on meta tensors, which hold no values)."""
     if not isinstance(codes, torch.Tensor) or codes.dtype.is_floating_point or codes.dtype.is_complex \
             or codes.dtype == torch.bool:
         got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
         raise TypeError(f"codes must be an integer tensor (e.g. torch.uint8), got {got}")
-    if not torch.compiler.is_compiling() and codes.numel() > 0:
+    if not torch.compiler.is_compiling() and codes.numel() > 0 and codes.device.type != "meta":
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= 2 ** fmt.bits:
             raise ValueError(

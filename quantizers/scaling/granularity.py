@@ -58,7 +58,9 @@ class Granularity:
     def resolve_axis(self, ndim: int) -> int:
         """``axis`` as a non-negative dimension of an ``ndim``-dimensional tensor."""
         if not -ndim <= self.axis < max(ndim, 1):
-            raise ValueError(f"axis={self.axis} is out of range for a tensor with {ndim} dimensions")
+            raise ValueError(
+                f"axis={self.axis} is out of range for a tensor with {ndim} dimensions; allowed: {-ndim}..{ndim - 1}"
+            )
         return self.axis % ndim if ndim else 0
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:

@@ -143,5 +143,6 @@ class NVFP4Scaler(Scaler):
         return get_format(block_scales.NVFP4_BLOCK_SCALE_FORMAT)
 
     def __call__(self, stat: Statistic) -> Scales:
-        block_scale, tensor_scale = block_scales.nvfp4_scales(stat, stat.amax(), self.fmt.max_value)
+        tensor_amax = stat.amax() if stat.numel() else stat.new_zeros(())  # an empty tensor: no blocks
+        block_scale, tensor_scale = block_scales.nvfp4_scales(stat, tensor_amax, self.fmt.max_value)
         return Scales(block_scale, outer_scale=tensor_scale)

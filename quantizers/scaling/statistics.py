@@ -30,7 +30,7 @@ def _flatten_reduced(x: torch.Tensor, granularity: Granularity) -> Tuple[torch.T
     layout = granularity.layout(x)
     dims = granularity.reduce_dims(x)
     kept = [d for d in range(layout.ndim) if d not in dims]
-    moved = layout.permute(*kept, *dims).reshape(*[layout.shape[d] for d in kept], -1)
+    moved = (layout.permute(*kept, *dims) if layout.ndim else layout).reshape(*[layout.shape[d] for d in kept], -1)
     if granularity.kind == "tensor":
         shape: Tuple[int, ...] = ()
     else:

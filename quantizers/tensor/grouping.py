@@ -95,6 +95,8 @@ def from_groups(grouped: torch.Tensor, group_dim: int, original_shape: Sequence[
 def _normalize_dim(dim: int, ndim: int, argument: str) -> int:
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"{argument} must be an int, got {dim!r}")
+    if ndim == 0:
+        raise ValueError(f"{argument}={dim}: a 0-d tensor (a scalar) has no dimension to group; give it a shape, e.g. x.reshape(1, -1)")
     if not -ndim <= dim < ndim:
         raise ValueError(f"{argument}={dim} is out of range for a {ndim}-d tensor; allowed: {-ndim}..{ndim - 1}")
     return dim % ndim
