@@ -235,3 +235,14 @@ def test_the_first_call_in_training_with_autograd_keeps_a_faithful_trace():
         q(torch.randn(4, 16)).sum().backward()  # Res gets a non-leaf tensor that needs grad
     assert traced_adds(q[1]) == ("eltwise_add",)
     assert q[1].fc1.weight.grad is not None
+
+
+def test_a_child_replaced_after_quantizing_is_used_by_the_traced_forward():
+    torch.manual_seed(0)
+    q = quantize_model(Res(), INT8_WA)
+    x = torch.randn(4, 16)
+    calibrate(q, [x], progress=False)
+    q.eval()
+    q.fc2 = nn.Identity()  # e.g. an adapter wrapping a layer
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), q.eltwise_add(q.fc1(x), x), rtol=0, atol=0)

@@ -130,6 +130,18 @@ def _rewrite_adds(module: nn.Module, name: str, cfg: QuantConfig, log: tuple) ->
     module.__dict__["forward"] = _FirstCallCheck(module, graph_module, name)
 
 
+class _TracedForward:
+    """The traced graph's code run with the module as ``self``: children, parameters and buffers
+    are looked up on the module at every call, so replacing one later (a LoRA wrapper, a
+    re-quantized layer) takes effect as in the module's own forward."""
+
+    def __init__(self, module: nn.Module, graph_module: fx.GraphModule):
+        self.module, self.graph_module = module, graph_module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return type(self.graph_module).forward(self.module, *args, **kwargs)
+
+
 class _FirstCallCheck:
     """A rewritten module's forward until its first call has compared the traced graph with the
     module's own forward (see the module docstring); then the module's ``forward`` is the graph's
@@ -143,7 +155,7 @@ class _FirstCallCheck:
         module = self.module
         problem = _trace_problem(module, self.graph_module, args, kwargs)
         if problem is None:
-            module.__dict__["forward"] = self.graph_module.forward
+            module.__dict__["forward"] = _TracedForward(module, self.graph_module)
         else:
             adds = module.__dict__.get(_TRACED, ())
             where = f" at {self.name!r}" if self.name else ""
@@ -169,7 +181,7 @@ def _trace_problem(module: nn.Module, graph_module: fx.GraphModule, args: tuple,
                 return f"its arguments cannot be copied to check it: {type(error).__name__}"
             expected = type(module).forward(module, *own_args[0], **own_args[1])
             try:
-                got = graph_module.forward(*traced_args[0], **traced_args[1])
+                got = _TracedForward(module, graph_module)(*traced_args[0], **traced_args[1])
             except Exception as error:
                 return f"the graph raised {type(error).__name__}: {_first_line(error)}"
     finally:
