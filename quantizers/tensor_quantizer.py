@@ -18,9 +18,11 @@ from .compile import compiled
 from .fake_quant import fake_quantize
 from .formats import IntFormat, NumberFormat
 from .observers import Observer
-from .scaling.granularity import Granularity
+from .scaling.granularity import Granularity, finite_or_zero
 from .scaling.scalers import Scaler, Scales
-from .scaling.statistics import Range, Statistic, abs_percentile, min_max_percentile
+from .scaling.statistics import (
+    Range, Statistic, abs_percentile, mark_nonfinite_blocks, min_max_percentile, range_statistic,
+)
 from .tensor import (
     FloatQuantTensor,
     GroupwiseFloatQuantTensor,
@@ -178,8 +180,10 @@ class TensorQuantizer(nn.Module):
 
     # ---- statistics --------------------------------------------------------------------------
     def statistic(self, x: torch.Tensor) -> Statistic:
-        """This tensor's statistic, as the scaler needs it (absmax or (min, max))."""
-        x = x.detach()
+        """This tensor's statistic, as the scaler needs it (absmax or (min, max)), over its finite
+        elements (NaN/Inf blocks marked for block scales: the policy of :mod:`quantizers.scaling`)."""
+        raw = x.detach()
+        x = finite_or_zero(raw)
         if self.range_method == "percentile":
             if self.scaler.needs == "absmax":
                 stat = abs_percentile(x, self.granularity, self.percentile)
@@ -189,7 +193,8 @@ class TensorQuantizer(nn.Module):
             stat = _range_statistic(x, self.granularity, self.scaler.needs)
             if self.range_method == "mse":
                 stat = self._mse_search(x, stat)
-        return self._fixed_range(x, stat)
+        stat = self._fixed_range(x, stat)
+        return mark_nonfinite_blocks(stat, raw, self.granularity) if self.scaler.nan_blocks else stat
 
     def _fixed_range(self, x: torch.Tensor, stat: Statistic) -> Statistic:
         """``stat`` with the ends fixed by ``float_range`` (the free end from the data)."""
@@ -477,16 +482,11 @@ def _fits_per_scale(shape: Tuple[int, ...], granularity: Granularity) -> bool:
     return all(n == 1 for d, n in enumerate(shape) if d != axis)
 
 
-def range_statistic(x: torch.Tensor, granularity: Granularity, needs: str) -> Statistic:
-    """``granularity.amax(x)`` or ``granularity.min_max(x)``, as ``needs`` says."""
-    return granularity.amax(x) if needs == "absmax" else granularity.min_max(x)
-
-
 _range_statistic = compiled(range_statistic)
 
 
 def _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating):
-    stat = range_statistic(x.detach(), granularity, scaler.needs)
+    stat = range_statistic(x.detach(), granularity, scaler.needs, scaler.nan_blocks)
     scales = scaler(stat)
     value_ = fake_quantize_layout(granularity.layout(x), scales, fmt, rounding, saturating)
     return value_, scales.scale, scales.zero_point, scales.outer_scale, scales.offset

@@ -3,6 +3,7 @@ reference that follows NVIDIA's two-level recipe step by step:
 
     tensor_scale = amax_tensor / (448 * 6)                  (fp32; 1 for an all-zero tensor)
     block_scale  = E4M3_RNE((amax_block / 6) / tensor_scale) clamped to [2^-9, 448]
+                   (NaN for a block holding NaN/Inf; amax_tensor is over the other blocks)
     q            = E2M1_RNE(clip(x / (block_scale * tensor_scale), -6, 6))
     value        = q * (block_scale * tensor_scale)
 
@@ -34,16 +35,18 @@ def nvfp4_reference(x: np.ndarray, axis: int):
     x = np.asarray(x, dtype=F32)
     axis = axis % x.ndim
     blocks = to_blocks(x, axis, 16)
-    amax_tensor = F32(np.max(np.abs(x)))
+    amax_block = np.max(np.abs(blocks), axis=axis + 1, keepdims=True)  # NaN/Inf propagate
+    finite = np.isfinite(amax_block)
+    amax_tensor = F32(np.max(np.where(finite, amax_block, F32(0))))
     tensor_scale = amax_tensor / F32(448 * 6)
     if tensor_scale == 0:
         tensor_scale = F32(1)
-    amax_block = np.max(np.abs(blocks), axis=axis + 1, keepdims=True)
-    wanted = (amax_block / F32(6)) / tensor_scale
+    wanted = (np.where(finite, amax_block, F32(0)) / F32(6)) / tensor_scale
     block_scale = np.minimum(wanted, F32(448)).astype(ml_dtypes.float8_e4m3fn).astype(F32)
-    block_scale = np.maximum(block_scale, F32(E4M3_MIN_SUBNORMAL))
+    block_scale = np.where(finite, np.maximum(block_scale, F32(E4M3_MIN_SUBNORMAL)), F32(np.nan))
     effective = block_scale * tensor_scale
-    q = np.clip(blocks / effective, F32(-6), F32(6)).astype(ml_dtypes.float4_e2m1fn).astype(F32)
+    q = np.clip(np.where(finite, blocks / effective, F32(0)), F32(-6), F32(6))
+    q = q.astype(ml_dtypes.float4_e2m1fn).astype(F32)
     values = from_blocks(q * effective, axis, x.shape[axis])
     return values, block_scale, tensor_scale
 
@@ -158,3 +161,36 @@ def test_nvfp4_every_e2m1_tie_rounds_to_even():
     assert qt.value[0, 17:24].tolist() == expected
     assert qt.value[0, 24:31].tolist() == [-v for v in expected]
     assert not math.isnan(qt.value.sum().item())
+
+
+# ---- NaN and Inf (peer-exactness N3): the block holding one is NaN, the tensor scale ignores it ---------
+
+
+def test_one_nan_does_not_move_the_tensor_scale_nor_clip_the_clean_block():
+    # peer-exactness N3: 1x32 of 1e4 with one NaN in the second block; the first block came out as
+    # 2688 (= 448 * 6 against tensor scale 1). Tensor scale 1e4 / 2688, block scale 448, element 6.
+    x = np.full((1, 32), 1e4, dtype=F32)
+    x[0, 20] = np.nan
+    qt = quantize(x)
+    assert qt.outer_scale_.item() == F32(1e4) / F32(2688)
+    assert qt.value[0, :16].tolist() == [1e4] * 16
+    assert qt.scale_.reshape(-1)[0].item() == 448.0 and math.isnan(qt.scale_.reshape(-1)[1].item())
+    assert torch.isnan(qt.value[0, 16:]).all()
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+def test_nvfp4_block_holding_nan_or_inf_is_nan_and_packs_with_the_e4m3_nan_scale(special):
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((3, 48)) * 3).astype(F32)
+    x[1, 20] = special
+    x[1, 17] = 50.0  # the NaN block also holds the largest finite value: it does not set the tensor scale
+    qt = quantize(x)
+    values, block_scale, tensor_scale = nvfp4_reference(x, axis=1)
+    clean_blocks = np.concatenate([x[0], x[2], x[1, :16], x[1, 32:]])
+    assert qt.outer_scale_.item() == tensor_scale == np.max(np.abs(clean_blocks)) / F32(2688)
+    assert_same_bits(qt.scale_, block_scale, "block scales")
+    assert_same_bits(qt.value, values, "values")
+    packed = qt.pack()
+    scale_bytes = packed.scale.view(torch.uint8).reshape(3, 3)
+    assert scale_bytes[1, 1].item() == 0x7F  # E4M3 NaN
+    assert_same_bits(packed.unpack().value, values, "unpacked values")

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from quantizers import RangeSource, TensorQuantizer
+from quantizers.nonfinite import NonFiniteWatch, nonfinite_message
 
 from .qat import ACTIVATION_ROLES, WEIGHT_ROLES, disable_roles, disabled_quantizers, quant_layers, restore
 
@@ -81,6 +82,7 @@ def start_calibration(
     state["observed"] = [(q, _observer_state(q)) for q, _ in state["sources"] if q.observer is not None]
     if not state["observed"]:
         warnings.warn(_nothing_to_observe(model), UserWarning, stacklevel=_caller_level())
+    state["nonfinite"] = NonFiniteWatch(static_quantizers(model))
     model.__dict__[_STATE] = state
 
 
@@ -110,6 +112,9 @@ def _finish(model: nn.Module, warn: bool) -> "CalibrationReport":
                 "its activation ranges are unchanged",
                 UserWarning, stacklevel=_caller_level(),
             )
+        nonfinite = state["nonfinite"].close()
+        if nonfinite:
+            warnings.warn(nonfinite_message(nonfinite), RuntimeWarning, stacklevel=_caller_level())
     return range_report(model)
 
 

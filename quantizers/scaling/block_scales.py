@@ -79,9 +79,16 @@ def nvfp4_scales(
     the full FP4 grid (torchao floors at 2^-6 instead, which loses resolution) and no scale is 0.
     Elements are ``FP4(x / (block_scale * tensor_scale))`` and dequantize as
     ``q * (block_scale * tensor_scale)``.
+
+    A block whose ``amax_block`` is NaN or Inf (it holds NaN/Inf) gets E4M3's NaN as its scale, so
+    exactly that block is NaN, as OCP MX marks such blocks. ``amax_tensor`` should be the maximum of
+    the finite block maxima (:class:`~quantizers.scaling.scalers.NVFP4Scaler` passes that), so one
+    NaN never moves the tensor scale of the clean blocks; a NaN ``amax_tensor`` is kept (every block
+    is then NaN), never replaced by 1.
     """
     e4m3 = get_format(NVFP4_BLOCK_SCALE_FORMAT)
     tensor_scale = amax_tensor.to(torch.float32) / (e4m3.max_value * element_max)
-    tensor_scale = torch.where(tensor_scale > 0, tensor_scale, torch.ones_like(tensor_scale))
+    tensor_scale = torch.where((tensor_scale > 0) | torch.isnan(tensor_scale), tensor_scale, torch.ones_like(tensor_scale))
     block_scale = e4m3.quantize(amax_blocks.to(torch.float32) / element_max / tensor_scale)
-    return block_scale.clamp(e4m3.min_subnormal, e4m3.max_value), tensor_scale
+    block_scale = block_scale.clamp(e4m3.min_subnormal, e4m3.max_value)
+    return torch.where(torch.isfinite(amax_blocks), block_scale, torch.nan), tensor_scale

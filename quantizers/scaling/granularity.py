@@ -15,6 +15,10 @@ which dimensions to reduce:
   a weight; further dims, such as a conv kernel's, belong to the tile). Both dims are zero-padded
   to whole tiles; the layout is ``(R/rows, rows, C/cols, cols, ...)`` and the scale
   ``(R/rows, 1, C/cols, 1, ...)``. :meth:`Granularity.from_layout` returns to the original shape.
+
+Reductions follow the NaN/Inf policy of :mod:`quantizers.scaling`: :meth:`Granularity.amax` and
+:meth:`Granularity.min_max` read NaN and ±Inf as 0 (the statistics of the finite elements), unless
+``keep_nonfinite=True`` asks :meth:`Granularity.amax` to mark granules holding them (block scales).
 """
 from __future__ import annotations
 
@@ -94,16 +98,26 @@ class Granularity:
             return (axis + 1,)
         return (axis,)
 
-    def amax(self, x: torch.Tensor) -> torch.Tensor:
-        """max |x| per scale, shaped to broadcast against ``self.layout(x)`` (NaN propagates)."""
-        grouped = self.layout(x)
-        return _reduce(grouped.abs(), self.reduce_dims(x), torch.amax, self.kind)
+    def amax(self, x: torch.Tensor, keep_nonfinite: bool = False) -> torch.Tensor:
+        """max |x| per scale over the finite elements (NaN and ±Inf read as 0), shaped to broadcast
+        against ``self.layout(x)``. With ``keep_nonfinite=True`` NaN and Inf propagate instead: a
+        granule holding NaN gives NaN, one holding ±Inf (and no NaN) gives Inf."""
+        grouped = self.layout(x).abs()
+        if not keep_nonfinite:
+            grouped = finite_or_zero(grouped)
+        return _reduce(grouped, self.reduce_dims(x), torch.amax, self.kind)
 
     def min_max(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(min, max) per scale, shaped like :meth:`amax`."""
-        grouped = self.layout(x)
+        """(min, max) per scale over the finite elements (NaN and ±Inf read as 0), shaped like
+        :meth:`amax`."""
+        grouped = finite_or_zero(self.layout(x))
         dims = self.reduce_dims(x)
         return _reduce(grouped, dims, torch.amin, self.kind), _reduce(grouped, dims, torch.amax, self.kind)
+
+
+def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with NaN and ±Inf replaced by 0: what statistics see (the NaN/Inf policy)."""
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _reduce(x: torch.Tensor, dims: Tuple[int, ...], op, kind: str) -> torch.Tensor:

@@ -6,7 +6,9 @@ to broadcast over the tensor) and returns the scale ``s`` and zero point ``z`` o
     x_hat = (Q((x / s) + z) - z) * s
 
 where ``Q`` rounds to the element format. A statistic of 0 (an all-zero tensor, channel or group)
-gives scale 1 for integer and float rules, so nothing divides by zero and the zeros stay exact.
+gives scale 1 for integer and float rules, so nothing divides by zero and the zeros stay exact. A
+NaN or Inf statistic is never replaced: it gives a NaN or Inf scale, so the granule's output is NaN
+(the NaN/Inf policy of :mod:`quantizers.scaling`; statistics of data are always finite).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ POWER_OF_TWO_ROUNDINGS = ("floor", "ceil", "round")
 
 
 def _nonzero(stat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.where(stat > 0, scale, torch.ones_like(scale))
+    """``scale``, or 1 where the statistic is 0 (or negative); NaN statistics keep their NaN scale."""
+    return torch.where((stat > 0) | torch.isnan(stat), scale, torch.ones_like(scale))
 
 
 FULL_RANGE_DIVISORS = ("half_range", "min_int")
@@ -93,7 +96,7 @@ def power_of_two(scale: torch.Tensor, rounding: str = "floor") -> torch.Tensor:
     ``"floor"`` makes the grid finer (the largest values may saturate); ``"ceil"`` never saturates.
     Brevitas's FixedPoint quantizers and sophgo-mq's ``pot_scale`` use this restriction. Exponents
     are read from the float's bits, so exact powers of two are kept and no ``log2`` rounding can
-    pick the wrong binade.
+    pick the wrong binade. NaN and Inf scales stay NaN and Inf.
     """
     if rounding not in POWER_OF_TWO_ROUNDINGS:
         raise ValueError(
@@ -106,4 +109,5 @@ def power_of_two(scale: torch.Tensor, rounding: str = "floor") -> torch.Tensor:
         exponent = exponent + (significand > 1).to(exponent.dtype)
     elif rounding == "round":
         exponent = exponent + (significand * significand >= 2).to(exponent.dtype)
-    return exp2_int(exponent, FLOAT64).to(scale.dtype)
+    restricted = exp2_int(exponent, FLOAT64).to(scale.dtype)
+    return torch.where(torch.isfinite(scale), restricted, scale)

@@ -12,6 +12,7 @@ import torch
 
 from ..formats import IntFormat, NumberFormat, get_format
 from . import block_scales, rules
+from .granularity import finite_or_zero
 from .statistics import Statistic
 
 
@@ -41,10 +42,13 @@ class Scales:
 
 class Scaler:
     """Base class: ``needs`` is ``"absmax"`` or ``"minmax"``; ``__call__(stat) -> Scales``;
-    ``scale_format`` is the format scales are stored in when packed (``None``: float32)."""
+    ``scale_format`` is the format scales are stored in when packed (``None``: float32);
+    ``nan_blocks``: a block holding NaN/Inf gets the NaN scale (OCP MX, NVFP4), so its statistic
+    must keep NaN/Inf (see the NaN/Inf policy in :mod:`quantizers.scaling`)."""
 
     needs = "absmax"
     scale_format: Optional[NumberFormat] = None
+    nan_blocks = False
 
     def __call__(self, stat: Statistic) -> Scales:
         raise NotImplementedError
@@ -115,6 +119,7 @@ class MXScaler(Scaler):
 
     fmt: NumberFormat
     mode: str = "floor"
+    nan_blocks = True
 
     @property
     def scale_format(self) -> NumberFormat:  # type: ignore[override]
@@ -134,15 +139,18 @@ class MXScaler(Scaler):
 
 @dataclass(frozen=True)
 class NVFP4Scaler(Scaler):
-    """NVFP4 two-level scale (:func:`block_scales.nvfp4_scales`)."""
+    """NVFP4 two-level scale (:func:`block_scales.nvfp4_scales`); the tensor amax is read over the
+    blocks without NaN/Inf."""
 
     fmt: NumberFormat
+    nan_blocks = True
 
     @property
     def scale_format(self) -> NumberFormat:  # type: ignore[override]
         return get_format(block_scales.NVFP4_BLOCK_SCALE_FORMAT)
 
     def __call__(self, stat: Statistic) -> Scales:
-        tensor_amax = stat.amax() if stat.numel() else stat.new_zeros(())  # an empty tensor: no blocks
+        finite = finite_or_zero(stat)  # the tensor scale comes from the blocks without NaN/Inf
+        tensor_amax = finite.amax() if stat.numel() else stat.new_zeros(())  # an empty tensor: no blocks
         block_scale, tensor_scale = block_scales.nvfp4_scales(stat, tensor_amax, self.fmt.max_value)
         return Scales(block_scale, outer_scale=tensor_scale)

@@ -1,7 +1,9 @@
 """Range statistics per scale: absolute maximum, min/max and percentiles.
 
 Each function reduces the layout of a :class:`~quantizers.scaling.granularity.Granularity` and
-returns tensors shaped to broadcast against it (0-d for per-tensor).
+returns tensors shaped to broadcast against it (0-d for per-tensor). NaN and ±Inf elements read as
+0 (the NaN/Inf policy of :mod:`quantizers.scaling`); :func:`range_statistic` and
+:func:`mark_nonfinite_blocks` keep them for block scales, which mark such blocks NaN.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import NamedTuple, Tuple, Union
 
 import torch
 
-from .granularity import Granularity
+from .granularity import Granularity, finite_or_zero
 
 
 class Range(NamedTuple):
@@ -42,11 +44,12 @@ def percentile(x: torch.Tensor, granularity: Granularity, q: float) -> torch.Ten
     """The ``q``-th percentile (0 < q <= 100) of each granule of ``x``.
 
     Uses the order statistic of rank ``k = floor(q/100 * n + 0.5)`` (at least 1), as Brevitas's
-    percentile statistic does; ``kthvalue`` handles tensors of any size.
+    percentile statistic does; ``kthvalue`` handles tensors of any size. NaN and ±Inf elements
+    rank as zeros.
     """
     if not 0 < q <= 100:
         raise ValueError(f"percentile q={q!r} must lie in (0, 100]")
-    flat, shape = _flatten_reduced(x, granularity)
+    flat, shape = _flatten_reduced(finite_or_zero(x), granularity)
     n = flat.shape[-1]
     if n == 0:
         return torch.zeros(shape, dtype=x.dtype, device=x.device)
@@ -65,3 +68,18 @@ def min_max_percentile(
     """Percentiles ``100 - q`` and ``q``: a clipped (min, max)."""
     low = percentile(x, granularity, 100 - q) if q < 100 else granularity.min_max(x)[0]
     return low, percentile(x, granularity, q)
+
+
+def range_statistic(x: torch.Tensor, granularity: Granularity, needs: str, nan_blocks: bool = False):
+    """``granularity.amax(x)`` or ``granularity.min_max(x)``, as ``needs`` says, over the finite
+    elements; with ``nan_blocks`` (block scales) an absmax is NaN/Inf where the granule holds
+    NaN/Inf, so the block scale marks it."""
+    if needs == "absmax":
+        return granularity.amax(x, keep_nonfinite=nan_blocks)
+    return granularity.min_max(x)
+
+
+def mark_nonfinite_blocks(stat: torch.Tensor, x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """An absmax statistic ``stat`` (e.g. MSE-searched or clipped) made NaN where the granule of
+    ``x`` holds NaN or ±Inf: what block scales (``nan_blocks``) need from any range method."""
+    return torch.where(torch.isfinite(granularity.amax(x, keep_nonfinite=True)), stat, torch.nan)

@@ -13,6 +13,8 @@ Storage of the elements (codes of ``fmt.encode`` of the unscaled elements, in ``
 Scales: when the QuantTensor names a ``scale_format`` (E8M0 for MX, ``float8_e4m3fn`` for NVFP4
 block scales) and every ``scale_`` value round-trips through it exactly, ``scale_`` is stored as
 its one-byte codes (``torch.float8_e8m0fnu`` / ``torch.float8_e4m3fn``); otherwise as it is.
+A block whose scale is NaN (an MX or NVFP4 block that held NaN/Inf) stores the scale format's NaN
+(E8M0 0xFF, E4M3 0x7F) and element codes 0; it unpacks to the same all-NaN block.
 Integer codes have no negative zero, so a ``-0.0`` in an integer kind's ``value_`` (from
 ``q = -0.0``) comes back as ``+0.0``; every other bit of ``value_``, ``scale_`` and ``zero_point_``
 is restored exactly. An all-zero ``zero_point_`` is recorded by shape and dtype only; any other is kept as it is;
@@ -137,7 +139,7 @@ def pack(qt: QuantTensor, packed_fp6: bool = False, check: bool = True) -> Packe
         raise TypeError(f"pack needs a QuantTensor, got {type(qt).__name__}")
     fmt = qt.fmt
     # encode rounds to nearest, snapping value_ / scale (within an ulp of an element) onto it.
-    codes = fmt.encode(qt._unscaled_(), rounding="even", saturating=False)
+    codes = fmt.encode(_nan_block_elements_to_zero(qt), rounding="even", saturating=False)
     layout, stored = _pack_codes(codes, fmt, packed_fp6)
     scale_, scale_codes_format = qt.scale_.detach(), None
     if qt.scale_format is not None and qt.scale_format.bits <= 8:
@@ -168,6 +170,14 @@ def pack(qt: QuantTensor, packed_fp6: bool = False, check: bool = True) -> Packe
             "Compute value_ with that formula in the target dtype, or pass check=False to pack anyway."
         )
     return packed
+
+
+def _nan_block_elements_to_zero(qt: QuantTensor) -> torch.Tensor:
+    """The unscaled elements, 0 where the scale is NaN: an OCP MX / NVFP4 block holding NaN/Inf
+    carries its NaN in the scale (E8M0 0xFF, E4M3 0x7F), which decodes the whole block to NaN
+    whatever its element codes."""
+    unscaled = qt._unscaled_()
+    return torch.where(torch.isnan(qt._scale_eff_.detach()), torch.zeros_like(unscaled), unscaled)
 
 
 def _pack_codes(codes: torch.Tensor, fmt: NumberFormat, packed_fp6: bool):
