@@ -257,6 +257,7 @@ def test_clean_calibration_does_not_warn(recwarn):
 # ---- the fused (compiled) kernels follow the same policy, bit for bit ----------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantizer", [
     qz.Fp8e4m3OCPWeightPerTensorFloat, qz.Int8WeightPerChannelFloat, qz.MXFloat4e2m1Weight, qz.NVFloat4e2m1Weight,
 ], ids=lambda q: q.__name__)
