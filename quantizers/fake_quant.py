@@ -85,7 +85,21 @@ def _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, o
     q = round_to_format_ste(y, fmt, rounding, saturating, generator)
     if zero_point is not None:
         q = q - zero_point
-    return q * scale if offset is None else q * scale + offset
+    return saturate_product(q * scale if offset is None else q * scale + offset, q)
+
+
+def saturate_product(
+    value: torch.Tensor, elements: torch.Tensor, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
+    """``value = elements * scale`` clamped to ``±finfo(dtype).max`` (``dtype``: the dtype ``value``
+    is stored in, default its own) where the element is finite: a finite element times its scale
+    can pass the dtype's largest value (an OCP MX block near FLT_MAX under CEIL/RCEIL/EVEN: element
+    256 x 2^120 = 2^128), and then saturates instead of becoming Inf. The element stays
+    recoverable: ``max / scale`` rounds to nearest onto it, because the overflowing product is the
+    power of two just above the dtype's max. Non-finite elements (NaN, a non-saturating format's
+    Inf) keep their value."""
+    limit = torch.finfo(dtype or value.dtype).max
+    return torch.where(torch.isfinite(elements), value.clamp(-limit, limit), value)
 
 
 class _FakeQuantizeInput(torch.autograd.Function):

@@ -27,6 +27,7 @@ from typing import Dict, Optional
 
 import torch
 
+from ..fake_quant import saturate_product
 from ..formats import FloatFormat, IntFormat, NumberFormat, get_format
 from ..formats.packing import pack_fp4, pack_fp6, pack_int4, unpack_fp4, unpack_fp6, unpack_int4
 from .base import QuantTensor
@@ -107,9 +108,8 @@ class PackedQuantTensor:
             symmetric = self.zero_point_shape == () and self.zero_point_dtype == self.scale_dtype
         scale_eff = scale_ if self.outer_scale is None else scale_ * self.outer_scale
         if issubclass(cls, (IntQuantTensor, GroupwiseIntQuantTensor)):
-            value_ = (elements - zero_point_) * scale_eff
-        else:
-            value_ = elements * scale_eff
+            elements = elements - zero_point_
+        value_ = saturate_product(elements * scale_eff, elements, self.value_dtype)  # as quantize does
         fields = dict(
             value_=value_.to(self.value_dtype), scale_=scale_, zero_point_=None if symmetric else zero_point_,
             fmt=self.fmt,
