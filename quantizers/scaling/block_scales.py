@@ -36,6 +36,11 @@ def mx_scale(
     Exponents are read from the float's bits (never a rounded ``log2``) and clamped to
     [-127, 127]. An all-zero block gets ``2^-127``; a block whose ``amax`` is NaN or Inf gets NaN,
     the E8M0 NaN code, so the whole block decodes to NaN.
+
+    CEIL, RCEIL and EVEN can give a block near FLT_MAX an element whose value ``element x X`` is
+    2^128 (E4M3 RCEIL, x = 3.3e38: X = 2^120, element 256): the element keeps its OCP code (0x78)
+    and the value saturates to ``±FLT_MAX`` instead of Inf
+    (:func:`quantizers.fake_quant.saturate_product`); packing recovers the element from it.
     """
     if mode not in MX_SCALE_MODES:
         raise ValueError(f"MX scale mode={mode!r} is unknown; allowed values: {', '.join(MX_SCALE_MODES)}")
