@@ -100,6 +100,15 @@ def test_misspelt_subclass_attribute_raises_at_class_creation_with_a_suggestion(
             bitwidth = 4
 
 
+def test_misspelt_attribute_set_on_an_existing_class_raises():
+    class MyQ(qz.Int8WeightPerChannelFloat):
+        pass
+
+    with pytest.raises(TypeError, match=r"MyQ sets 'bitwidth'.*did you mean bit_width"):
+        MyQ.bitwidth = 4
+    MyQ.bit_width = 4  # a real attribute can still be changed (quantize follows it, see A1)
+
+
 def test_private_names_and_methods_stay_allowed_in_quantizer_classes():
     class Documented(qz.Int8WeightPerChannelFloat):
         _note = "private"

@@ -10,6 +10,7 @@ plot with); the tests are skipped when one is missing.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,11 @@ CELL_TIMEOUT_S = 300
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_without_error(path: Path) -> None:
+def test_notebook_runs_without_error(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel imports qzoo from this checkout (as tests/conftest.py does for the tests), not from
+    # whatever copy the environment has installed.
+    root = str(NOTEBOOK_DIR.parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")

@@ -10,7 +10,8 @@ reads the format from ``Fp8e4m3Mixin`` and the scaling from ``FpOCPWeightPerTens
 The attributes a class may set are the fields of
 :class:`~quantizers.zoo.attributes.QuantizerAttributes`; their defaults live only on
 :class:`Quantizer`, the one base every mixin shares, so a default can never shadow a mixin that
-comes later in the MRO. A class setting any other public attribute fails when it is defined.
+comes later in the MRO. Setting any other public attribute on a quantizer class (in its body or
+later, ``MyQ.bitwidth = 4``) raises ``TypeError`` with the close match.
 """
 from __future__ import annotations
 
@@ -25,7 +26,21 @@ from .errors import QuantizerConfigError
 _METHOD_TYPES = (classmethod, staticmethod, property, functools.cached_property)
 
 
-class Quantizer:
+def _check_class_attribute(cls: type, name: str, value: Any) -> None:
+    if name.startswith("_") or name in ATTRIBUTE_NAMES or inspect.isfunction(value) or isinstance(value, _METHOD_TYPES):
+        return
+    raise TypeError(f"{cls.__name__} sets {name!r}, which is not a quantizer attribute{_suggestion(name)}")
+
+
+class _QuantizerType(type):
+    """Checks names set on a quantizer class after its creation too (``MyQ.bitwidth = 4``)."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        _check_class_attribute(cls, name, value)
+        super().__setattr__(name, value)
+
+
+class Quantizer(metaclass=_QuantizerType):
     """Root quantizer: every attribute of :class:`~quantizers.zoo.attributes.QuantizerAttributes`
     with its default (``describe(Q)`` lists a class's values and where each comes from;
     ``docs/quantizers.md`` documents each attribute).
@@ -36,9 +51,7 @@ class Quantizer:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, value in vars(cls).items():
-            if name.startswith("_") or name in ATTRIBUTE_NAMES or inspect.isfunction(value) or isinstance(value, _METHOD_TYPES):
-                continue
-            raise TypeError(f"{cls.__name__} sets {name!r}, which is not a quantizer attribute{_suggestion(name)}")
+            _check_class_attribute(cls, name, value)
 
     @classmethod
     def with_overrides(cls, **overrides: Any) -> Type["Quantizer"]:
