@@ -70,7 +70,7 @@ def min_max_percentile(
     return low, percentile(x, granularity, q)
 
 
-def range_statistic(x: torch.Tensor, granularity: Granularity, needs: str, nan_blocks: bool = False):
+def range_statistic(x: torch.Tensor, granularity: Granularity, needs: str, nan_blocks: bool = False) -> Statistic:
     """``granularity.amax(x)`` or ``granularity.min_max(x)``, as ``needs`` says, over the finite
     elements; with ``nan_blocks`` (block scales) an absmax is NaN/Inf where the granule holds
     NaN/Inf, so the block scale marks it."""
