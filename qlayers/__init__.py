@@ -26,9 +26,13 @@ Choices where Brevitas and the design leave room:
   default to ``channel_axis=1`` and ``group_dim=-1`` (override with ``act_group_dim`` etc.).
 - Input-scale biases (``Int32Bias``) need a per-tensor input scale and a per-tensor or
   per-output-channel weight scale; anything else raises ``ValueError`` at forward time.
-- The eval cache keys on the weight's version counter and also compares a strided sample of its
-  values (catching whole-tensor writes through ``weight.data``); ``cache_checks_values = "full"``
-  compares a full copy, ``"none"`` trusts version counters only.
+- The eval cache is never stale: it serves the quantized weight again only for the same weight
+  object (weakly referenced, never keyed on ``id()``), version counter and quantizer state, and a
+  64-bit checksum of all the weight's bytes, computed in one read per forward, catches the writes
+  torch does not count (``weight.data``, NumPy views, fused optimizers). ``cache_checks_values =
+  "full"`` compares a full copy instead, ``"none"`` trusts version counters and optimizer steps.
+  ``quant_weight()`` returns the caller's own copy; stochastic weight rounding in eval draws from a
+  generator seeded with ``eval_rounding_seed``, so it is reproducible.
 """
 from .activation import QuantActivation, QuantHardTanh, QuantIdentity, QuantReLU, QuantSigmoid, QuantTanh
 from .bias import BiasQuantizer

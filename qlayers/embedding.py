@@ -55,7 +55,7 @@ class QuantEmbedding(QuantWeightLayer, nn.Embedding):
         if self.max_norm is not None:
             with torch.no_grad():
                 torch.embedding_renorm_(self.weight, input, self.max_norm, self.norm_type)
-        quant_weight = self.quant_weight()
+        quant_weight = self._quant_weight()
         if quant_weight is not None and self.return_quant_tensor:
             return embed_quant_tensor(input, quant_weight, self._lookup)
         return self._lookup(input, self._weight_value(quant_weight))

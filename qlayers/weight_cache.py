@@ -1,104 +1,259 @@
 """The eval-mode cache of a layer's quantized weight.
 
-Weights change rarely in eval mode, so a layer keeps the QuantTensor of its weight and serves it
-again while nothing it depends on changed. The cache key holds:
+Weights rarely change in eval mode, so a layer keeps the QuantTensor of its weight and serves it
+again while nothing it depends on changed. The cache must never serve a stale weight, and torch does
+not see every write to a tensor:
 
-- the weight tensor: identity, ``_version`` (bumped by in-place ops such as optimizer steps and
-  ``load_state_dict``'s copy), storage pointer, shape, strides, dtype and device;
-- the weight quantizer: identity and a signature of its public attributes and buffers (so
-  replacing ``layer.weight_quant`` or changing, say, its ``fmt`` or ``rounding`` recomputes);
-- whether inference mode is on (inference tensors may not be used outside it).
+- writes through ``weight.data`` (``weight.data[:, 1:] = 0``, ``.data.copy_``, ``.data.view(-1)[i]``,
+  ``.data.index_put_``), through NumPy views, by fused optimizers (``torch.optim.Adam(...,
+  fused=True)`` in torch 2.13) or by C extensions leave the version counter ``_version`` unchanged;
+- ``torch.func.functional_call`` and ``torch.nn.utils.parametrize`` pass a new, temporary weight on
+  every call, and a new tensor can reuse a freed one's ``id()`` and storage (``data_ptr()``) with a
+  version counter that starts again from zero.
 
-In-place writes through ``weight.data`` (``layer.weight.data.mul_(2)``) or NumPy views do not bump
-the parameter's version counter. The cache therefore also compares a fingerprint of the values:
+So an entry is served again only when all of this holds:
 
-- ``check_values="sample"`` (default): ``FINGERPRINT_SIZE`` evenly strided elements, a few
-  microseconds per forward; it catches whole-tensor writes (scaling, copying, re-initialising) but
-  not an edit of single elements off the sample.
-- ``"full"``: a copy of the whole weight, compared on every forward (one extra read of the weight
-  per forward and one extra copy in memory): never stale, whatever the write.
-- ``"none"``: the key alone.
+1. **Identity**: ``weight`` is the very tensor object the entry was computed from. The cache holds
+   a weak reference to it and compares objects (never ``id()`` or ``data_ptr()`` alone), so a new
+   tensor can never pass for a freed one. Its version counter, storage pointer, shape, strides,
+   dtype and device are unchanged. A weight that is not the layer's registered parameter (a
+   parametrization computes a new tensor on every access) is not cached at all.
+2. **Quantizer**: the same module objects (held by the entry), the same attributes (its range
+   source too), and the same tensors (parameters, buffers, tensor attributes such as ``mse_ratios``) by identity,
+   version and, unless ``check_values="none"``, bit pattern.
+3. The same inference mode and the same layer ``extra`` key (the layer's eval rounding seed).
+4. **Values**, as ``check_values`` says:
 
-After editing single elements through ``.data``, call ``layer.clear_weight_cache()`` (or write
-under ``torch.no_grad()`` to the parameter itself, which bumps its version).
+   - ``"checksum"`` (default): a 64-bit hash of every byte of the weight, one fused read of it per
+     forward (:func:`weight_checksum`). Each 64-bit word of the weight goes through a bijective mix
+     keyed by its position, and the mixed words are summed modulo 2^64: a change confined to one
+     64-bit word (one or two float32 elements, up to four bf16/fp16 elements) is always detected,
+     and any other change goes unnoticed only if two such sums coincide, which for writes unrelated
+     to the hash keys has probability about 2^-64.
+   - ``"full"``: a copy of the weight compared bit for bit: exact, at the price of a second copy
+     of every weight in memory and a read of both per forward.
+   - ``"none"``: items 1-3 and a count of optimizer steps (a global ``torch.optim`` step post-hook,
+     registered on first use, so fused optimizers invalidate too). Writes through ``.data``, NumPy
+     or C extensions are not seen: call ``layer.clear_weight_cache()`` after them. This saves the
+     checksum's read of the weight, which matters for large models whose eval forward is
+     memory-bound (a batch-1 matmul reads the weight once, the checksum a second time).
 
-Layers use the cache only in eval mode, outside ``torch.compile`` and when no gradient is needed
-for the weight; they clear it on ``train()`` and ``load_state_dict``.
+Why a checksum by default: only reading the weight sees every write (no counter, hook or allocator
+event marks a ``.data`` write), and of the full checks it is the cheapest: it reads the weight once
+and keeps 8 bytes, where comparing a copy reads twice the bytes and doubles the weights' memory,
+and recomputing the quantization reads the weight and also writes a new weight-sized tensor. On a
+2-core CPU it costs tens of microseconds for a 1024x1024 float32 weight, a few percent of that
+layer's batch-64 forward (``benchmarks/README.md``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from quantizers import QuantTensor
+from quantizers.compile import compiled
 
-
-def module_signature(module: nn.Module) -> Tuple[Any, ...]:
-    """Identity and state of ``module`` and its submodules: public attributes by value (tensors by
-    identity and version) and every parameter/buffer by identity and version."""
-    parts = []
-    for sub in module.modules():
-        parts.append(id(sub))
-        for name, item in vars(sub).items():
-            if not name.startswith("_"):
-                parts.append((name, _tensor_token(item) if isinstance(item, torch.Tensor) else item))
-        for name, tensor in (*sub._parameters.items(), *sub._buffers.items()):
-            parts.append((name, None if tensor is None else _tensor_token(tensor)))
-    return tuple(parts)
-
-
-def _tensor_token(tensor: torch.Tensor) -> Tuple[Any, ...]:
-    return (id(tensor), tensor._version, tensor.data_ptr(), tensor.shape, tensor.dtype, tensor.device)
+CHECK_VALUES = ("checksum", "full", "none")
 
 
 class WeightCache:
-    """One cached QuantTensor and the key it was computed under; see the module docstring."""
+    """One cached QuantTensor and what it was computed from; see the module docstring."""
 
-    def __init__(self, check_values: str = "sample") -> None:
+    def __init__(self, check_values: str = "checksum") -> None:
         self.check_values = check_values
         self.clear()
 
     def clear(self) -> None:
+        """Forget the entry."""
+        self.value: Optional[QuantTensor] = None
+        self._weight_ref: Optional[weakref.ref] = None
         self._key: Optional[Tuple[Any, ...]] = None
-        self._value: Optional[QuantTensor] = None
-        self._snapshot: Optional[torch.Tensor] = None
+        self._quantizer: Optional[_ModuleState] = None
+        self._check: Optional[str] = None
+        self._values: Any = None
 
-    def get(self, weight: torch.Tensor, quantizer: nn.Module, compute: Callable[[], QuantTensor]) -> QuantTensor:
-        """The cached QuantTensor of ``weight`` if still valid, else ``compute()`` (then cached)."""
-        try:
-            key = (_tensor_token(weight), weight.stride(), module_signature(quantizer), torch.is_inference_mode_enabled())
-        except RuntimeError:  # an inference tensor outside inference mode has no version counter
+    def get(
+        self, weight: torch.Tensor, quantizer: nn.Module, compute: Callable[[], QuantTensor], extra: Any = None,
+    ) -> QuantTensor:
+        """The cached QuantTensor of ``weight`` under ``quantizer`` if still valid, else
+        ``compute()`` (then cached). ``extra`` is any further key of the caller (compared with ``==``)."""
+        check = self.check_values
+        if check not in CHECK_VALUES:
+            raise ValueError(f"cache_checks_values={check!r} is not allowed; allowed values: {', '.join(CHECK_VALUES)}")
+        if weight.device.type == "meta":
             return compute()
-        if self._value is not None and self._matches(key, weight):
-            return self._value
-        value = compute()
-        self._key, self._value = key, value
-        self._snapshot = _fingerprint(weight, self.check_values)
+        try:
+            key = _weight_key(weight, extra, check)
+            if self.value is not None and self._matches(weight, quantizer, key, check):
+                return self.value
+            self.clear()
+            value = compute()
+            state = _ModuleState(quantizer, with_values=check != "none")
+        except RuntimeError:  # an inference tensor outside inference mode has no version counter
+            self.clear()
+            return compute()
+        self._values = _snapshot(weight, check)
+        self.value, self._weight_ref, self._key, self._quantizer, self._check = value, weakref.ref(weight), key, state, check
         return value
 
-    def _matches(self, key: Tuple[Any, ...], weight: torch.Tensor) -> bool:
+    def _matches(self, weight: torch.Tensor, quantizer: nn.Module, key: Tuple[Any, ...], check: str) -> bool:
+        if self._weight_ref() is not weight or check != self._check or key != self._key:
+            return False
+        return self._quantizer.matches(quantizer) and _unchanged(weight, check, self._values)
+
+
+# ---- the key: identity, version, layout, mode -----------------------------------------------------
+_optimizer_steps = 0
+_optimizer_hook: Optional[Any] = None
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def optimizer_steps() -> int:
+    """Optimizer steps taken since the cache first needed to know (any ``torch.optim`` optimizer,
+    fused or not): ``check_values="none"`` keys on this count."""
+    global _optimizer_hook
+    if _optimizer_hook is None:
+        _optimizer_hook = register_optimizer_step_post_hook(_count_optimizer_step)
+    return _optimizer_steps
+
+
+def _weight_key(weight: torch.Tensor, extra: Any, check: str) -> Tuple[Any, ...]:
+    steps = optimizer_steps() if check == "none" else None
+    return (
+        weight._version, weight.data_ptr(), weight.shape, weight.stride(), weight.dtype, weight.device,
+        torch.is_inference_mode_enabled(), steps, extra,
+    )
+
+
+# ---- the quantizer's state ------------------------------------------------------------------------
+class _ModuleState:
+    """A module tree's public attributes and tensors as they were: the modules and tensors are held
+    (so their ids stay theirs), tensors are compared by version and, ``with_values``, by bits."""
+
+    def __init__(self, module: nn.Module, with_values: bool) -> None:
+        self.modules = list(module.modules())
+        self.signature, self.tensors = _signature(self.modules)
+        self.bits = [_bits(t).clone() for t in self.tensors] if with_values else None
+
+    def matches(self, module: nn.Module) -> bool:
+        modules = list(module.modules())
+        if len(modules) != len(self.modules) or any(a is not b for a, b in zip(modules, self.modules)):
+            return False
+        signature, tensors = _signature(modules)
         try:
-            same = bool(key == self._key)
+            if signature != self.signature:
+                return False
         except (RuntimeError, TypeError, ValueError):  # an attribute whose == is not a plain bool
             return False
-        if same and self._snapshot is not None:
-            same = torch.equal(_fingerprint(weight, self.check_values), self._snapshot)
-        return same
+        if any(a is not b for a, b in zip(tensors, self.tensors)):
+            return False
+        return self.bits is None or all(_same_bits(t, b) for t, b in zip(tensors, self.bits))
 
 
-FINGERPRINT_SIZE = 4096
-CHECK_VALUES = ("sample", "full", "none")
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"training"}  # hooks, _parameters, _buffers, ...
 
 
-def _fingerprint(weight: torch.Tensor, check_values: str) -> Optional[torch.Tensor]:
-    """The values the cache compares (see the module docstring); ``None`` for ``"none"``."""
-    if check_values not in CHECK_VALUES:
-        raise ValueError(f"check_values={check_values!r} is not allowed; allowed values: {', '.join(CHECK_VALUES)}")
-    if check_values == "none":
+def _signature(modules: List[nn.Module]) -> Tuple[Tuple[Any, ...], List[torch.Tensor]]:
+    """Attributes by value (tensors by version and layout; ``nn.Module``'s own bookkeeping left
+    out) and every parameter/buffer by version and layout, plus the tensors themselves in order."""
+    parts: List[Any] = []
+    tensors: List[torch.Tensor] = []
+    for sub in modules:
+        items = [(n, v) for n, v in vars(sub).items() if n not in _MODULE_INTERNALS]
+        items += [*sub._parameters.items(), *sub._buffers.items()]
+        for name, item in items:
+            if isinstance(item, torch.Tensor):
+                tensors.append(item)
+                item = (item._version, item.data_ptr(), item.shape, item.stride(), item.dtype, item.device)
+            parts.append((name, item))
+        parts.append(None)  # module boundary
+    return tuple(parts), tensors
+
+
+# ---- the values ------------------------------------------------------------------------------------
+def _snapshot(weight: torch.Tensor, check: str) -> Any:
+    """What ``check`` keeps of the weight's values: nothing, a copy of its bits or its checksum."""
+    if check == "none":
         return None
+    return _bits(weight).clone() if check == "full" else weight_checksum(weight)
+
+
+def _unchanged(weight: torch.Tensor, check: str, snapshot: Any) -> bool:
+    if check == "none":
+        return True
+    return _same_bits(weight, snapshot) if check == "full" else weight_checksum(weight) == snapshot
+
+
+_WORD_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` reinterpreted as integers of its element size (so NaNs and -0.0 compare by bits)."""
+    tensor = tensor.detach()
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex:
+        if tensor.dtype.is_complex:
+            tensor = torch.view_as_real(tensor)
+        return tensor.view(_WORD_DTYPES[tensor.element_size()])
+    return tensor
+
+
+def _same_bits(tensor: torch.Tensor, bits: torch.Tensor) -> bool:
+    current = _bits(tensor)
+    return current.shape == bits.shape and current.dtype == bits.dtype and torch.equal(current, bits)
+
+
+ROW_WORDS = 512  # the checksum reads the weight as rows of 512 64-bit words (4 KiB)
+_MIX_1 = -4658895280553007687  # 0xbf58476d1ce4e5b9, splitmix64's multipliers as signed int64
+_MIX_2 = -7723592293110705685  # 0x94d049bb133111eb
+_HASH_KEYS: Dict[Tuple[int, torch.device], Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def weight_checksum(weight: torch.Tensor) -> int:
+    """A 64-bit hash of every byte of ``weight`` (a Python int), from one read of it.
+
+    The bytes are read as 64-bit words ``w[i, j]`` (rows of ``ROW_WORDS`` words, the last row
+    zero-padded; a copy only when the size is not a multiple of 4 KiB or the tensor is not
+    contiguous) and hashed as ``sum_ij mix(w[i, j] ^ r[i] ^ c[j]) mod 2^64`` with fixed random
+    keys ``r``, ``c`` and splitmix64's bijective finaliser
+    ``mix(h) = g * M2 where g = f ^ (f >>> 31), f = h * M1``.
+    """
     flat = weight.detach().reshape(-1)
-    if check_values == "sample" and flat.numel() > FINGERPRINT_SIZE:
-        flat = flat[:: flat.numel() // FINGERPRINT_SIZE]
-    return flat.clone()
+    nbytes = flat.numel() * flat.element_size()
+    if nbytes == 0:
+        return 0
+    try:
+        words = flat.view(torch.int64).view(-1, ROW_WORDS)
+    except RuntimeError:  # size or alignment: copy the bytes into zero-padded rows
+        row_bytes = 8 * ROW_WORDS
+        padded = torch.zeros(-(-nbytes // row_bytes) * row_bytes, dtype=torch.uint8, device=flat.device)
+        padded[:nbytes] = _bits(flat).contiguous().view(torch.uint8)
+        words = padded.view(torch.int64).view(-1, ROW_WORDS)
+    row_keys, column_keys = _hash_keys(words.shape[0], words.device)
+    return int(_checksum_kernel(words, row_keys, column_keys))
+
+
+def _hash_keys(rows: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    keys = _HASH_KEYS.get((rows, device))
+    if keys is None:
+        generator = torch.Generator().manual_seed(0x5EED)
+        row_keys = torch.randint(-(2**63), 2**63 - 1, (rows, 1), generator=generator, dtype=torch.int64)
+        column_keys = torch.randint(-(2**63), 2**63 - 1, (ROW_WORDS,), generator=generator, dtype=torch.int64)
+        keys = _HASH_KEYS[(rows, device)] = (row_keys.to(device), column_keys.to(device))
+    return keys
+
+
+def _checksum(words: torch.Tensor, row_keys: torch.Tensor, column_keys: torch.Tensor) -> torch.Tensor:
+    h = (words ^ row_keys ^ column_keys) * _MIX_1
+    h = h ^ ((h >> 31) & 0x1FFFFFFFF)  # a logical shift: >> of int64 is arithmetic
+    return (h * _MIX_2).sum()
+
+
+_checksum_kernel = compiled(_checksum)

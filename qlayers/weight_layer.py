@@ -23,16 +23,24 @@ class QuantWeightLayer(QuantLayer):
         act_layout: the same for the input and output activations.
         cache_quant_weight: serve the quantized weight from a cache in eval mode (see
             :mod:`qlayers.weight_cache`); set ``False`` on a layer or class to always recompute.
-        cache_checks_values: how the cache compares the weight's values, catching writes through
-            ``weight.data`` that leave no trace in the version counter: ``"sample"`` (default, a
-            strided sample), ``"full"`` (a copy of the weight) or ``"none"``.
+        cache_checks_values: how the cache sees writes that torch's version counter misses
+            (``weight.data``, NumPy views, fused optimizers): ``"checksum"`` (default, a 64-bit hash
+            of the whole weight per forward), ``"full"`` (a copy compared bit for bit) or ``"none"``
+            (version counters, identity and optimizer steps only).
+        eval_rounding_seed: the seed of the noise a ``rounding="stochastic"`` weight quantizer draws
+            in eval mode. Every eval computation of the weight draws afresh from a generator seeded
+            with it, so the eval weight is a function of the weight and the quantizer alone: two
+            layers with the same state give the same output, and clearing the cache (``.to()``,
+            ``train()``/``eval()``, ``load_state_dict``) changes nothing. Training draws from
+            torch's global generator, as dropout does (also under ``torch.compile``).
     """
 
     quant_roles = ("weight", "bias", "input", "output")
     weight_layout: ClassVar[Layout] = {"channel_axis": 0, "group_dim": 1}
     act_layout: ClassVar[Layout] = {"channel_axis": -1, "group_dim": -1}
     cache_quant_weight: bool = True
-    cache_checks_values: str = "sample"
+    cache_checks_values: str = "checksum"
+    eval_rounding_seed: int = 0
 
     def _init_weight_quantizers(
         self,
@@ -68,27 +76,46 @@ class QuantWeightLayer(QuantLayer):
 
     # ---- weight ------------------------------------------------------------------------------
     def quant_weight(self) -> Optional[QuantTensor]:
-        """The quantized weight (``None`` when ``weight_quant`` is None).
+        """The quantized weight (``None`` when ``weight_quant`` is None), the caller's own object.
 
-        In eval mode it is cached until the weight, the weight quantizer or the mode changes; it is
-        recomputed in training, under ``torch.compile`` and whenever autograd needs the weight's
-        gradient.
+        In eval mode it comes from the layer's cache (until the weight, the weight quantizer or the
+        mode changes; see :mod:`qlayers.weight_cache`) as a copy with cloned tensors, so in-place
+        work on the result never reaches later forwards. It is recomputed in training, under
+        ``torch.compile`` and whenever autograd needs the weight's gradient.
         """
+        quant_weight = self._quant_weight()
+        if quant_weight is not None and quant_weight is self._weight_cache.value:
+            return quant_weight.clone()
+        return quant_weight
+
+    def _quant_weight(self) -> Optional[QuantTensor]:
+        """:meth:`quant_weight` for the layer's own use: a cached QuantTensor itself, not a copy."""
         quantizer, weight = self.weight_quant, self.weight
         if quantizer is None:
             return None
+        generator = self._eval_generator(quantizer, weight)
         if (
             self.training
             or not self.cache_quant_weight
             or torch.compiler.is_compiling()
             or (weight.requires_grad and torch.is_grad_enabled())
+            or weight is not self._parameters.get("weight")  # parametrized: a new tensor per access
         ):
-            return quantizer(weight)
+            return _run(quantizer, weight, generator)
         self._weight_cache.check_values = self.cache_checks_values
-        return self._weight_cache.get(weight, quantizer, lambda: quantizer(weight))
+        compute = lambda: _run(quantizer, weight, generator)  # noqa: E731
+        return self._weight_cache.get(weight, quantizer, compute, extra=self.eval_rounding_seed)
+
+    def _eval_generator(self, quantizer: nn.Module, weight: torch.Tensor) -> Optional[torch.Generator]:
+        """A generator seeded with ``eval_rounding_seed`` for a stochastic weight quantizer in eval
+        mode (outside ``torch.compile``), else None (torch's global generator)."""
+        if self.training or getattr(quantizer, "rounding", None) != "stochastic" or torch.compiler.is_compiling():
+            return None
+        return torch.Generator(device=weight.device).manual_seed(self.eval_rounding_seed)
 
     def clear_weight_cache(self) -> None:
-        """Forget the cached quantized weight (after editing single elements through ``.data``)."""
+        """Forget the cached quantized weight (needed only with ``cache_checks_values = "none"``,
+        after writes through ``.data`` or NumPy)."""
         self._weight_cache.clear()
 
     def _weight_value(self, quant_weight: Optional[QuantTensor]) -> torch.Tensor:
@@ -115,7 +142,7 @@ class QuantWeightLayer(QuantLayer):
         if not isinstance(quantizer, BiasQuantizer):
             return quantizer(bias)
         if quant_weight is None:
-            quant_weight = self.quant_weight()
+            quant_weight = self._quant_weight()
         input_scale, weight_scale = accumulator_scales(type(self).__name__, quant_input, quant_weight, **self.bias_channels())
         return quantizer(bias, input_scale, weight_scale)
 
@@ -124,7 +151,7 @@ class QuantWeightLayer(QuantLayer):
         """``output_quant(op(x, w, b))`` with ``x`` the (quantized) input, ``w`` the quantized
         weight and ``b`` the (quantized) bias; ``op`` is the float module's (F.linear, F.conv2d, ...)."""
         x = self._quant_input(input)
-        quant_weight = self.quant_weight()
+        quant_weight = self._quant_weight()
         quant_input = x if isinstance(x, QuantTensor) else None
         bias = self.quant_bias(quant_input, quant_weight)
         y = self.quant_op(dequantize(x), self._weight_value(quant_weight), dequantize(bias), *args, **kwargs)
@@ -146,3 +173,8 @@ class QuantWeightLayer(QuantLayer):
     def _load_from_state_dict(self, *args, **kwargs):
         self._weight_cache.clear()
         return super()._load_from_state_dict(*args, **kwargs)
+
+
+def _run(quantizer: nn.Module, weight: torch.Tensor, generator: Optional[torch.Generator]) -> QuantTensor:
+    """``quantizer(weight)``, with ``generator=`` only when there is one (any module may quantize)."""
+    return quantizer(weight) if generator is None else quantizer(weight, generator=generator)

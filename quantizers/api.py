@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Type
+from typing import Any, Optional, Type
 
 import torch
 from torch import nn
@@ -38,7 +38,9 @@ def _cached_module(attributes: QuantizerAttributes) -> nn.Module:
     return build_quantizer(attributes)
 
 
-def quantize(x: torch.Tensor, quantizer: Type[Quantizer], **overrides: Any) -> QuantTensor:
+def quantize(
+    x: torch.Tensor, quantizer: Type[Quantizer], *, generator: Optional[torch.Generator] = None, **overrides: Any,
+) -> QuantTensor:
     """Quantize ``x`` with ``quantizer`` (a class such as ``MXFloat4e2m1Weight``), computing the
     statistics from ``x`` itself, and return the QuantTensor.
 
@@ -46,7 +48,8 @@ def quantize(x: torch.Tensor, quantizer: Type[Quantizer], **overrides: Any) -> Q
     ``scale_rounding="rceil"``); unknown names raise ``TypeError``. Weights group along dim 1
     (input channels) and scale per channel along dim 0; activation quantizers group along the
     last dim. The runtime module is cached per resolved attribute values, so changing a class
-    attribute takes effect at the next call. Example::
+    attribute takes effect at the next call. ``generator`` draws the noise of
+    ``rounding="stochastic"`` (default: torch's global generator). Example::
 
         >>> import torch, quantizers as qz
         >>> qt = qz.quantize(torch.randn(64, 128), qz.MXFloat4e2m1Weight)
@@ -60,7 +63,7 @@ def quantize(x: torch.Tensor, quantizer: Type[Quantizer], **overrides: Any) -> Q
         module = _cached_module(attributes) if _hashable(attributes) else build_quantizer(attributes)
     except QuantizerConfigError as error:
         raise error.naming(quantizer.__name__) from error.__cause__
-    return module(x)
+    return module(x) if generator is None else module(x, generator=generator)
 
 
 def _hashable(attributes: QuantizerAttributes) -> bool:

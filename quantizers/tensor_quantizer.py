@@ -365,8 +365,8 @@ class TensorQuantizer(nn.Module):
         return errors
 
     # ---- quantization ------------------------------------------------------------------------
-    def _fake_quantize(self, layout: torch.Tensor, scales: Scales) -> torch.Tensor:
-        return fake_quantize_layout(layout, scales, self.fmt, self.rounding, self.saturating)
+    def _fake_quantize(self, layout: torch.Tensor, scales: Scales, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return fake_quantize_layout(layout, scales, self.fmt, self.rounding, self.saturating, generator)
 
     def _warn_if_mostly_padding(self, x: torch.Tensor) -> None:
         granularity = self.granularity
@@ -381,9 +381,10 @@ class TensorQuantizer(nn.Module):
             )
             self._warned_padding = True
 
-    def forward(self, x: torch.Tensor) -> Union[QuantTensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> Union[QuantTensor, torch.Tensor]:
         """``x`` quantized with the range :attr:`range_source` gives; under ``OBSERVE`` (calibration
-        without quantization) ``x`` itself, after updating the observer."""
+        without quantization) ``x`` itself, after updating the observer. ``generator`` draws the
+        noise of ``rounding="stochastic"`` (default: torch's global generator)."""
         self._warn_if_mostly_padding(x)
         source = self._range_source
         if source is RangeSource.OBSERVE:
@@ -393,16 +394,16 @@ class TensorQuantizer(nn.Module):
             work = x.float() if x.dtype == torch.float16 else x
             value_, scales = quantize_from_own_range(work, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating)
             return self._wrap(work, value_.to(x.dtype), scales)
-        return self.quantize_with(x, self.range_for(x))
+        return self.quantize_with(x, self.range_for(x), generator)
 
-    def quantize_with(self, x: torch.Tensor, stat: Statistic) -> QuantTensor:
+    def quantize_with(self, x: torch.Tensor, stat: Statistic, generator: Optional[torch.Generator] = None) -> QuantTensor:
         """Quantize ``x`` with the scales this quantizer's rule derives from ``stat`` (an absolute
         maximum, or ``(min, max)``, shaped per scale): the extension point for code that supplies
         its own ranges (fixed, learned or frozen). float16 inputs are computed in float32 (float16
         cannot hold scales such as 2^-127) and come back as float16."""
         work = x.float() if x.dtype == torch.float16 else x
         scales = self.scaler(stat)
-        value_ = self._fake_quantize(self.granularity.layout(work), scales)
+        value_ = self._fake_quantize(self.granularity.layout(work), scales, generator)
         return self._wrap(work, value_.to(x.dtype), scales)
 
     def _wrap(self, x: torch.Tensor, value_: torch.Tensor, scales: Scales) -> QuantTensor:
@@ -431,14 +432,17 @@ class TensorQuantizer(nn.Module):
 
 
 def fake_quantize_layout(
-    layout: torch.Tensor, scales: Scales, fmt: NumberFormat, rounding: Optional[str], saturating: Optional[bool]
+    layout: torch.Tensor, scales: Scales, fmt: NumberFormat, rounding: Optional[str], saturating: Optional[bool],
+    generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """Fake-quantize ``layout`` (the granularity's layout of a tensor) with ``scales``, fused."""
+    """Fake-quantize ``layout`` (the granularity's layout of a tensor) with ``scales``, fused
+    (eagerly for ``rounding="stochastic"``, whose noise comes from ``generator``)."""
     scale = scales.effective_scale.to(layout.dtype)
     zero_point = None if scales.zero_point is None else scales.zero_point.to(layout.dtype)
     offset = None if scales.offset is None else scales.offset.to(layout.dtype)
-    kernel = fake_quantize if rounding == "stochastic" else _fused_fake_quantize
-    return kernel(layout, scale, fmt, zero_point, rounding, saturating, None, offset)
+    if rounding == "stochastic":
+        return fake_quantize(layout, scale, fmt, zero_point, rounding, saturating, generator, offset)
+    return _fused_fake_quantize(layout, scale, fmt, zero_point, rounding, saturating, None, offset)
 
 
 _fused_fake_quantize = compiled(fake_quantize)
