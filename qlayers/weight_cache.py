@@ -76,6 +76,12 @@ class WeightCache:
         self._check: Optional[str] = None
         self._values: Any = None
 
+    def __getstate__(self) -> Dict[str, Any]:  # pickled and deep-copied empty: the entry is derived data
+        return {"check_values": self.check_values}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(state["check_values"])
+
     def get(
         self, weight: torch.Tensor, quantizer: nn.Module, compute: Callable[[], QuantTensor], extra: Any = None,
     ) -> QuantTensor:

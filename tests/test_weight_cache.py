@@ -478,3 +478,21 @@ def test_learned_weight_range_writes_are_seen(edit):
         after = layer(X)
     expected = uncached(layer, X)
     assert not torch.equal(expected, before) and torch.equal(after, expected)
+
+
+def test_copies_of_a_layer_start_with_an_empty_cache():
+    import io
+    import pickle
+    layer = linear()
+    with torch.no_grad():
+        y = layer(X)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    copies = [copy.deepcopy(layer), pickle.loads(pickle.dumps(layer)), torch.load(buffer, weights_only=False)]
+    for twin in copies:
+        assert twin._weight_cache.value is None
+        with torch.no_grad():
+            assert torch.equal(twin(X), y)
+            twin.weight.data[0, 1] += 10.0
+            assert torch.equal(twin(X), uncached(twin, X)) and torch.equal(layer(X), y)
