@@ -21,15 +21,19 @@ from .cases import BREVITAS, Case, Compare, Context, randn
 
 CALIBRATION_BATCHES = 4
 
-# (weight quantizer, input quantizer or None, target ratio to the float layer, sections in --quick)
-CONFIGS: Tuple[Tuple[str, Optional[str], float, Tuple[str, ...]], ...] = (
-    ("Int8WeightPerChannelFloat", None, 1.10, ("eval_linear", "eval_conv")),
-    ("Fp8e4m3OCPWeightPerTensorFloat", None, 1.10, ()),
-    ("MXFloat4e2m1Weight", None, 1.10, ()),
-    ("NVFloat4e2m1Weight", None, 1.10, ()),
-    ("Int4WeightPerGroupFloat", None, 1.10, ()),
-    ("Fp8e4m3OCPWeightPerTensorFloat", "Fp8e4m3OCPActPerTensorFloat", 1.5, ("eval_linear", "eval_conv")),
-    ("MXFloat8e4m3Weight", "MXFloat8e4m3Act", 2.0, ("eval_linear",)),
+# (weight quantizer, input quantizer or None, target ratio to the float layer, sections in --quick,
+#  the layer's cache_checks_values: "checksum" is the default, "none" the trusted cache without the
+#  per-forward read of the weight; see qlayers.weight_cache)
+CONFIGS: Tuple[Tuple[str, Optional[str], float, Tuple[str, ...], str], ...] = (
+    ("Int8WeightPerChannelFloat", None, 1.10, ("eval_linear", "eval_conv"), "checksum"),
+    ("Fp8e4m3OCPWeightPerTensorFloat", None, 1.10, (), "checksum"),
+    ("MXFloat4e2m1Weight", None, 1.10, (), "checksum"),
+    ("NVFloat4e2m1Weight", None, 1.10, (), "checksum"),
+    ("Int4WeightPerGroupFloat", None, 1.10, (), "checksum"),
+    ("Fp8e4m3OCPWeightPerTensorFloat", "Fp8e4m3OCPActPerTensorFloat", 1.5, ("eval_linear", "eval_conv"), "checksum"),
+    ("MXFloat8e4m3Weight", "MXFloat8e4m3Act", 2.0, ("eval_linear",), "checksum"),
+    ("Int8WeightPerChannelFloat", None, 1.10, (), "none"),
+    ("Fp8e4m3OCPWeightPerTensorFloat", "Fp8e4m3OCPActPerTensorFloat", 1.5, (), "none"),
 )
 
 # layer kind -> (float module factory, input shape, section, description)
@@ -37,8 +41,8 @@ LINEAR = ("eval_linear", lambda: nn.Linear(1024, 1024), (64, 1024), "nn.Linear(1
 CONV = ("eval_conv", lambda: nn.Conv2d(64, 64, 3, padding=1), (8, 64, 32, 32), "nn.Conv2d(64, 64, 3, padding=1), input 8x64x32x32")
 
 
-def config_name(weight: str, act: Optional[str]) -> str:
-    return f"w={weight}" + (f",in={act}" if act else "")
+def config_name(weight: str, act: Optional[str], cache: str = "checksum") -> str:
+    return f"w={weight}" + (f",in={act}" if act else "") + ("" if cache == "checksum" else f",cache={cache}")
 
 
 def float_module(factory: Callable[[], nn.Module], device: torch.device) -> nn.Module:
@@ -46,12 +50,14 @@ def float_module(factory: Callable[[], nn.Module], device: torch.device) -> nn.M
     return factory().to(device)
 
 
-def qzoo_twin(module: nn.Module, weight: str, act: Optional[str]) -> nn.Module:
-    """The qlayers twin of ``module`` with the named qzoo quantizers."""
+def qzoo_twin(module: nn.Module, weight: str, act: Optional[str], cache: str = "checksum") -> nn.Module:
+    """The qlayers twin of ``module`` with the named qzoo quantizers and eval-cache check."""
     layer_class = qlayers.QuantLinear if isinstance(module, nn.Linear) else qlayers.QuantConv2d
-    return layer_class.from_float(
+    layer = layer_class.from_float(
         module, weight_quant=getattr(quantizers, weight), input_quant=getattr(quantizers, act) if act else None
     )
+    layer.cache_checks_values = cache
+    return layer
 
 
 def brevitas_twin(module: nn.Module, weight: str, act: Optional[str]) -> Optional[nn.Module]:
@@ -92,14 +98,14 @@ def inference(layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return forward
 
 
-def _builder(kind: tuple, weight: str, act: Optional[str]) -> Callable[[Context], Dict[str, Any]]:
+def _builder(kind: tuple, weight: str, act: Optional[str], cache: str) -> Callable[[Context], Dict[str, Any]]:
     _, factory, input_shape, _ = kind
 
     def build(ctx: Context) -> Dict[str, Any]:
         module = float_module(factory, ctx.device).eval()
         x = randn(*input_shape, device=ctx.device)
         fns = {
-            "qzoo": inference(calibrate(qzoo_twin(module, weight, act), input_shape, ctx.device), x),
+            "qzoo": inference(calibrate(qzoo_twin(module, weight, act, cache), input_shape, ctx.device), x),
             "float": inference(module, x),
         }
         twin = brevitas_twin(module, weight, act) if ctx.brevitas else None
@@ -114,13 +120,13 @@ def cases() -> List[Case]:
     out = []
     for kind in (LINEAR, CONV):
         section, _, input_shape, description = kind
-        for weight, act, target, quick in CONFIGS:
+        for weight, act, target, quick, cache in CONFIGS:
             out.append(Case(
                 section=section,
-                name=config_name(weight, act),
-                build=_builder(kind, weight, act),
+                name=config_name(weight, act, cache),
+                build=_builder(kind, weight, act, cache),
                 compares=(Compare("float", target), Compare(BREVITAS)),
                 quick=section in quick,
-                meta={"layer": description, "weight_quant": weight, "input_quant": act},
+                meta={"layer": description, "weight_quant": weight, "input_quant": act, "cache_checks_values": cache},
             ))
     return out
