@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 NOISY_SPREAD = 0.15  # interquartile range of the paired ratios, relative to their median
 
 SECTION_TITLES = {
+    "cold_start": "0. First calls in a fresh process, empty inductor cache (seconds)",
     "fake_quant": "1. Fake quantization of a 4096x4096 float32 weight (time per call)",
     "eval_linear": "2a. Eval-mode forward, Linear 1024->1024, batch 64 (time per call)",
     "eval_conv": "2b. Eval-mode forward, Conv2d 64->64 3x3, input 8x64x32x32 (time per call)",
@@ -98,7 +99,15 @@ def markdown_tables(rows: List[Row], errors: Dict[str, str]) -> str:
         section_rows = [row for row in rows if row.section == section]
         unit = section_rows[0].unit
         out.append(f"### {SECTION_TITLES.get(section, section)}\n")
-        if unit == "MiB":
+        if unit == "s":
+            out.append("| measure | median s | min s | target | result |")
+            out.append("| --- | ---: | ---: | --- | --- |")
+            for row in section_rows:
+                target = "-" if row.target is None else f"<= {row.baseline_median:g} s"
+                out.append(
+                    f"| {row.name} | {row.candidate_median:.2f} | {row.candidate_min:.2f} | {target} | {_result(row)} |"
+                )
+        elif unit == "MiB":
             out.append("| case | baseline | qzoo MiB | baseline MiB | ratio | target | result | notes |")
             out.append("| --- | --- | ---: | ---: | ---: | --- | --- | --- |")
             for row in section_rows:

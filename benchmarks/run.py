@@ -5,7 +5,9 @@ id, e.g. ``eval_linear/w=MXFloat4e2m1Weight``, contains it; repeatable), ``--rep
 ``--no-brevitas``, ``--json PATH`` (default ``benchmarks/results/<date>-<mode>.json``),
 ``--threads N`` (default: the CPU count), ``--device cpu|cuda``, ``--retry-noisy N``,
 ``--cold-cache`` (compile into an empty Inductor cache), ``--list``.
-``QZOO_COMPILE=0`` benchmarks the eager kernels.
+``QZOO_COMPILE=0`` benchmarks the eager kernels, ``QZOO_COMPILE=1`` compiles every kernel on its first
+call; by default (the ``"auto"`` policy) every case is settled first: called until the background
+compiler has compiled what the policy compiles (see ``timing.settle``).
 """
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from quantizers.compile import compile_enabled
+from quantizers.compile import compile_enabled, compile_policy
 
-from . import fake_quant, layers, training
+from . import coldstart, fake_quant, layers, training
 from .brevitas_twins import brevitas_available, brevitas_version
 from .cases import Case, Context
 from .report import markdown_tables, summary_line, write_json
@@ -39,7 +41,7 @@ MIN_REPEATS = 7
 
 def all_cases() -> List[Case]:
     """Every case, in report order."""
-    return [*fake_quant.cases(), *layers.cases(), *training.cases()]
+    return [*coldstart.cases(), *fake_quant.cases(), *layers.cases(), *training.cases()]
 
 
 def select(cases: List[Case], quick: bool, only: Optional[List[str]]) -> List[Case]:
@@ -73,7 +75,7 @@ def environment(args: argparse.Namespace, device: torch.device) -> Dict[str, Any
         torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
         cpu=_cpu_model(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
         device=str(device), cuda_device=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        compile_enabled=compile_enabled(), QZOO_COMPILE=os.environ.get("QZOO_COMPILE"),
+        compile_enabled=compile_enabled(), compile_policy=compile_policy(), QZOO_COMPILE=os.environ.get("QZOO_COMPILE"),
         brevitas=brevitas_version() if not args.no_brevitas else None,
         git=_git_state(), argv=sys.argv[1:], quick=args.quick,
         inductor_cache=os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default (warm if compiled before)"),
@@ -108,7 +110,7 @@ def _git_state() -> Dict[str, Any]:
 
 def default_json_path(quick: bool) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    mode = "compiled" if compile_enabled() else "eager"
+    mode = {"auto": "compiled", "on": "compiled-first-call", "off": "eager"}[compile_policy()]
     return RESULTS_DIR / f"{stamp}-{mode}{'-quick' if quick else ''}.json"
 
 
@@ -140,7 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                loadavg_start=os.getloadavg())
     print(
         f"qzoo benchmarks: torch {env['torch']}, {env['cpu_count']} CPUs, {env['torch_threads']} threads, "
-        f"device {device}, compile {'on' if env['compile_enabled'] else 'off'}, Brevitas "
+        f"device {device}, compile {env['compile_policy']}, Brevitas "
         f"{env['brevitas'] or 'off'}, load {env['loadavg_start'][0]:.1f}; {len(cases)} cases",
         file=sys.stderr,
     )
@@ -182,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(summary)
     print(
         f"\n{env['date']}: torch {env['torch']}, {env['cpu_count']} CPUs ({env['cpu']}), torch threads "
-        f"{env['torch_threads']}, compile {'on' if env['compile_enabled'] else 'off'}, "
+        f"{env['torch_threads']}, compile {env['compile_policy']}, "
         f"load average {env['loadavg_start'][0]:.1f} -> {env['loadavg_end'][0]:.1f}, {env['wall_s']:.0f}s"
     )
     path = args.json or default_json_path(args.quick)

@@ -7,10 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from . import coldstart
 from .cases import BREVITAS, Case, Context
 from .memory import measure_peak
 from .report import Row
-from .timing import Timing, device_sync, first_call, paired_ratios, relative_spread, time_interleaved
+from .timing import Timing, device_sync, first_call, paired_ratios, relative_spread, settle, time_interleaved
 
 logger = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -30,6 +31,7 @@ class CaseResult:
     contenders: Dict[str, Any] = field(default_factory=dict)
     skipped: Dict[str, str] = field(default_factory=dict)  # label -> why
     wall_s: float = 0.0
+    settle_s: float = 0.0  # calls until the compile policy settled (timing.settle)
     load_before: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: Tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -40,7 +42,7 @@ class CaseResult:
     def to_json(self) -> Dict[str, Any]:
         return dict(
             case=self.case.id, kind=self.case.kind, meta=self.case.meta, contenders=self.contenders,
-            skipped=self.skipped, wall_s=self.wall_s, loadavg_before=self.load_before, loadavg_after=self.load_after,
+            skipped=self.skipped, wall_s=self.wall_s, settle_s=self.settle_s, loadavg_before=self.load_before, loadavg_after=self.load_after,
             rows=[row.to_json() for row in self.rows],
         )
 
@@ -54,6 +56,8 @@ def run_case(case: Case, ctx: Context, settings: Settings) -> CaseResult:
         contenders = {k: v for k, v in contenders.items() if not k.startswith(BREVITAS)}
     if case.kind == "memory":
         _run_memory(case, ctx, contenders, result)
+    elif case.kind == "cold":
+        _run_cold(case, ctx, contenders, result)
     else:
         _run_timing(case, ctx, settings, contenders, result)
     result.wall_s = time.perf_counter() - start
@@ -73,6 +77,7 @@ def _run_timing(case: Case, ctx: Context, settings: Settings, fns: Dict[str, Any
             result.skipped[label] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             logger.warning("%s: %s skipped (%s)", case.id, label, result.skipped[label])
             del fns[label]
+    result.settle_s = settle(fns[case.candidate], sync)
     timings = time_interleaved(fns, settings.repeats, settings.warmup, settings.min_sample_s, sync, firsts)
     result.contenders = {label: timing.to_json() for label, timing in timings.items()}
     candidate = timings[case.candidate]
@@ -96,7 +101,26 @@ def _timing_row(case: Case, baseline_label: str, target: Optional[float], candid
     )
 
 
+def _run_cold(case: Case, ctx: Context, fns: Dict[str, Any], result: CaseResult) -> None:
+    """Fresh processes (see ``coldstart.py``): one row per measured figure, in seconds; the ratio
+    is the median over the target."""
+    runs = coldstart.repeat(fns[case.candidate], 3 if ctx.quick else coldstart.MAX_PROCESSES)
+    summary = coldstart.summarize(runs)
+    result.contenders = {case.candidate: summary}
+    for metric, (name, target) in coldstart.METRICS.items():
+        median, minimum = summary[metric]["median"], summary[metric]["min"]
+        result.rows.append(Row(
+            case=case.id, section=case.section, name=name, baseline="target" if target else "-", unit="s",
+            candidate_median=median, candidate_min=minimum,
+            baseline_median=target or float("nan"), baseline_min=target or float("nan"),
+            ratio=median / target if target else float("nan"), ratio_min=minimum / target if target else float("nan"),
+            target=1.0 if target else None, passed=None if target is None else median <= target,
+        ))
+
+
 def _run_memory(case: Case, ctx: Context, probes: Dict[str, Any], result: CaseResult) -> None:
+    candidate_probe = probes[case.candidate]
+    result.settle_s = settle(lambda: (candidate_probe.reset(), candidate_probe.step()))
     peaks = {label: measure_peak(probe, ctx.device) for label, probe in probes.items()}
     result.contenders = peaks
     candidate = peaks[case.candidate]

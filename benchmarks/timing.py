@@ -6,7 +6,8 @@ one sample of every contender per repetition, so a burst of load hits all of the
 reverses the order on every other repetition so neither always runs first (caches, clock boost).
 
 One call of each contender is timed on its own first (``first_call_ms``: compilation, caches
-being filled); ``warmup`` more calls are discarded; then each sample runs ``number`` calls, with
+being filled); the runner then lets qzoo's compile policy settle (:func:`settle`); ``warmup`` more
+calls are discarded; then each sample runs ``number`` calls, with
 ``number`` picked so that a sample lasts at least ``min_sample_s`` (timer resolution and
 per-sample jitter stop mattering). Reported: the median and the minimum per-call time over the
 samples, and the number of graphs ``torch.compile`` built during the first call and during the
@@ -80,6 +81,32 @@ def first_call(fn: Fn, sync: Optional[Fn] = None) -> Tuple[float, int]:
     before = graphs_compiled()
     ms = _clock(fn, 1, sync) * 1e3
     return ms, graphs_compiled() - before
+
+
+def settle(fn: Fn, sync: Optional[Fn] = None, round_s: float = 1.0, quiet_rounds: int = 5, max_s: float = 240.0) -> float:
+    """Call ``fn`` until qzoo's ``"auto"`` compile policy has compiled what it compiles for it, and
+    return the seconds that took (0 under the other policies).
+
+    Rounds of back-to-back calls last ``round_s``; after each the background compiler is waited
+    for; it stops after ``quiet_rounds`` rounds in a row queued no compile, or after ``max_s``. The
+    steady state reached is the one a user reaches after calling ``fn`` for that long: a
+    configuration compiles once its eager calls have cost ``PAYOFF_SECONDS``.
+    """
+    from quantizers import compile as qcompile
+
+    if qcompile.compile_policy() != "auto":
+        return 0.0
+    start, quiet = time.perf_counter(), 0
+    while quiet < quiet_rounds and time.perf_counter() - start < max_s:
+        before = qcompile.background_compiles()
+        round_start = time.perf_counter()
+        while time.perf_counter() - round_start < round_s:
+            fn()
+        if sync is not None:
+            sync()
+        qcompile.wait_for_compiles(timeout=max(0.0, max_s - (time.perf_counter() - start)))
+        quiet = quiet + 1 if qcompile.background_compiles() == before else 0
+    return time.perf_counter() - start
 
 
 def time_interleaved(

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Dict, Optional, Union
 import torch
 from torch import nn
 
-from quantizers import QuantTensor
+from quantizers import QuantTensor, TensorQuantizer
 
 from .bias import BiasQuantizer, accumulator_scales
 from .quant_layer import MaybeQuant, QuantLayer, dequantize
@@ -140,7 +140,7 @@ class QuantWeightLayer(QuantLayer):
         if bias is None or quantizer is None:
             return bias
         if not isinstance(quantizer, BiasQuantizer):
-            return quantizer(bias)
+            return _run(quantizer, bias, None)
         if quant_weight is None:
             quant_weight = self._quant_weight()
         input_scale, weight_scale = accumulator_scales(type(self).__name__, quant_input, quant_weight, **self.bias_channels())
@@ -176,5 +176,9 @@ class QuantWeightLayer(QuantLayer):
 
 
 def _run(quantizer: nn.Module, weight: torch.Tensor, generator: Optional[torch.Generator]) -> QuantTensor:
-    """``quantizer(weight)``, with ``generator=`` only when there is one (any module may quantize)."""
+    """``quantizer(weight)`` for a weight or bias: a :class:`~quantizers.TensorQuantizer` is told the
+    shape never changes (``static_shape=True``: shape-specialised compiled kernels); ``generator=``
+    is passed only when there is one (any module may quantize)."""
+    if isinstance(quantizer, TensorQuantizer):
+        return quantizer(weight, generator=generator, static_shape=True)
     return quantizer(weight) if generator is None else quantizer(weight, generator=generator)

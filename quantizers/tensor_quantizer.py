@@ -381,10 +381,14 @@ class TensorQuantizer(nn.Module):
             )
             self._warned_padding = True
 
-    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> Union[QuantTensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, generator: Optional[torch.Generator] = None, static_shape: bool = False
+    ) -> Union[QuantTensor, torch.Tensor]:
         """``x`` quantized with the range :attr:`range_source` gives; under ``OBSERVE`` (calibration
         without quantization) ``x`` itself, after updating the observer. ``generator`` draws the
-        noise of ``rounding="stochastic"`` (default: torch's global generator)."""
+        noise of ``rounding="stochastic"`` (default: torch's global generator). ``static_shape=True``
+        says ``x``'s shape never changes (a weight), which selects shape-specialised compiled
+        kernels (see :func:`quantize_from_own_range`)."""
         self._warn_if_mostly_padding(x)
         source = self._range_source
         if source is RangeSource.OBSERVE:
@@ -392,7 +396,9 @@ class TensorQuantizer(nn.Module):
             return x
         if source is RangeSource.TENSOR and self.range_method == "max" and self.rounding != "stochastic" and self.float_range is None:
             work = x.float() if x.dtype == torch.float16 else x
-            value_, scales = quantize_from_own_range(work, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating)
+            value_, scales = quantize_from_own_range(
+                work, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating, static_shape
+            )
             return self._wrap(work, value_.to(x.dtype), scales)
         return self.quantize_with(x, self.range_for(x), generator)
 
@@ -496,18 +502,20 @@ def _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating):
     return value_, scales.scale, scales.zero_point, scales.outer_scale, scales.offset
 
 
-# Parameters keep their shapes: static graphs let inductor keep group sizes static and write QAT
+# Weights keep their shapes: static graphs let inductor keep group sizes static and write QAT
 # gradients in place; activations change shape (batch, sequence) and use automatic dynamic shapes.
-_fused_for_parameters = compiled(_quantize_from_own_range, dynamic=False)
-_fused_for_activations = compiled(_quantize_from_own_range)
+_fused_static_shape = compiled(_quantize_from_own_range, dynamic=False)
+_fused_dynamic_shape = compiled(_quantize_from_own_range)
 
 
 def quantize_from_own_range(
     x: torch.Tensor, fmt: NumberFormat, granularity: Granularity, scaler: Scaler,
-    rounding: Optional[str], saturating: Optional[bool],
+    rounding: Optional[str], saturating: Optional[bool], static_shape: bool = False,
 ) -> Tuple[torch.Tensor, Scales]:
     """Statistic, scales and fake quantization of a weight or dynamic activation in one fused
-    kernel (see :mod:`quantizers.compile`): ``(value_, scales)``."""
-    kernel = _fused_for_parameters if isinstance(x, nn.Parameter) else _fused_for_activations
+    kernel (see :mod:`quantizers.compile`): ``(value_, scales)``. ``static_shape=True`` (the
+    caller's word that ``x`` is a weight, whose shape never changes) compiles one graph per
+    shape; otherwise shapes become dynamic once a second shape is seen."""
+    kernel = _fused_static_shape if static_shape else _fused_dynamic_shape
     value_, scale, zero_point, outer_scale, offset = kernel(x, fmt, granularity, scaler, rounding, saturating)
     return value_, Scales(scale, zero_point, outer_scale, offset)

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-# The library fuses its kernels with torch.compile on first use (one compilation per quantizer
-# configuration, seconds each). Tests check numerics on the eager kernels by default; the compiled
-# paths have their own tests (test_formats_compile.py, test_compile_fusion.py), which switch
-# compilation on explicitly.
-os.environ.setdefault("QZOO_COMPILE", "0")
+# Tests run with the default compile policy ("auto", quantizers/compile.py): kernels run eager
+# until a configuration has cost enough eager time to pay for a compile, which then happens in a
+# background thread. Results are bit-identical either way; the compiled paths have their own
+# tests (test_formats_compile.py, test_compile_fusion.py, test_compile_policy.py).
 
 # Let `pytest` (not only `python -m pytest`) import the package from a source checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -62,11 +62,6 @@ def test_every_shared_name_has_a_parity_test():
     assert len(SHARED_NAMES) >= 50
 
 
-@pytest.fixture(autouse=True)
-def _eager_kernels(monkeypatch):
-    monkeypatch.setenv("QZOO_COMPILE", "0")
-
-
 def weight(out_features: int, in_features: int, seed: int) -> torch.Tensor:
     """Rows spanning ten decades; no 32-block maximum within 2^-12 (relative) below a power of
     two, where Brevitas's float32 log2 rounds up (a documented deviation)."""

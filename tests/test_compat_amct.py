@@ -1,8 +1,4 @@
 """Huawei AMCT's quantize(model, config), with the seed document's own example config."""
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import copy
 
 import pytest

@@ -1,8 +1,4 @@
 """coreai_opt QuantizationSpec dicts: the spec's own examples and its formula tables, by hand."""
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import pytest
 import torch
 from torch import nn

@@ -1,8 +1,4 @@
 """sophgo-mq / MQBench prepare_by_platform, with the seed document's own example configs."""
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import pytest
 import torch
 from torch import nn

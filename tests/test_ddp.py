@@ -8,9 +8,6 @@ item 5): DDP training without calibration leaves identical observer state on bot
 calibration with data sharded over the ranks equals calibration on the whole data in one process.
 """
 import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import socket
 import time
 from datetime import timedelta

@@ -29,14 +29,6 @@ WEIGHT_CASES = [
 IDS = [f"{w.__name__}-{i.__name__ if i else 'float_in'}" for w, i, _ in WEIGHT_CASES]
 
 
-@pytest.fixture(autouse=True)
-def eager_kernels(monkeypatch):
-    """Run the quantizers' kernels eagerly: compiling one per quantizer configuration costs seconds
-    each, and these tests pin the layers' wiring (kernels are bit-identical either way and tested
-    with the quantizers). ``test_layers_state`` runs a model with compiled kernels too."""
-    monkeypatch.setenv("QZOO_COMPILE", "0")
-
-
 def calibrate(layer: nn.Module, *inputs) -> nn.Module:
     """One forward in training mode (static quantizers record the batch's range), then eval."""
     layer.train()

@@ -9,7 +9,7 @@ from torch import nn
 
 import quantizers as qz
 from qlayers import QuantCat, QuantEltwiseAdd, QuantHardTanh, QuantIdentity, QuantReLU, QuantSigmoid, QuantTanh
-from test_layers import calibrate, eager_kernels  # noqa: F401  (autouse fixture)
+from test_layers import calibrate
 
 ACTIVATIONS = [
     # (layer class, its nn twin, the float function, default act_quant)

@@ -12,7 +12,7 @@ from qlayers import (
     QuantConv1d, QuantConv2d, QuantConv3d, QuantConvTranspose1d, QuantConvTranspose2d, QuantConvTranspose3d,
     QuantIdentity, dequantize,
 )
-from test_layers import WEIGHT_CASES, IDS, calibrate, eager_kernels  # noqa: F401  (autouse fixture)
+from test_layers import WEIGHT_CASES, IDS, calibrate
 
 SPATIAL = {1: (7,), 2: (5, 6), 3: (3, 4, 4)}
 CONV = {1: (QuantConv1d, F.conv1d), 2: (QuantConv2d, F.conv2d), 3: (QuantConv3d, F.conv3d)}

@@ -11,7 +11,7 @@ from torch import nn
 
 import quantizers as qz
 from qlayers import QuantConv2d, QuantConvTranspose2d, QuantEltwiseAdd, QuantLinear, QuantReLU
-from test_layers import calibrate, eager_kernels  # noqa: F401  (autouse fixture)
+from test_layers import calibrate
 
 
 def fresh(layer: QuantLinear) -> torch.Tensor:

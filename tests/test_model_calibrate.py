@@ -1,8 +1,4 @@
 """Calibration: observers see float activations, ranges by hand, freezing, the report."""
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import sys
 
 import pytest

@@ -1,8 +1,4 @@
 """torch.compile(fullgraph=True) of a model quantized by quantize_model equals eager."""
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")  # kernels eager; the test compiles the whole model itself
-
 import torch
 from torch import nn
 

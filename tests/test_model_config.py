@@ -1,8 +1,5 @@
 """Config validation up front: every section resolves to a quantizer class; errors name the path."""
 import json
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
 
 import pytest
 

@@ -1,8 +1,4 @@
 """quantize_model: module swapping, names and state_dict keys, per-layer rules, fx residual adds."""
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import warnings
 
 import pytest

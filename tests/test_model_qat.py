@@ -1,8 +1,4 @@
 """QAT: straight-through gradients, optimizer steps, train/eval, disabling quantization, learned ranges."""
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import torch
 from torch import nn
 

@@ -1,8 +1,4 @@
 """Declarative specs resolve to quantizer classes made of the zoo's mixins (qlayers.model.spec)."""
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import pytest
 import torch
 

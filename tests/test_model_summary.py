@@ -1,8 +1,4 @@
 """summary(): formats, granularity, scale range and bytes before/after packing, by hand."""
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import pytest
 import torch
 from torch import nn

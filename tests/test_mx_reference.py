@@ -36,12 +36,6 @@ ACTS = {
 FORMATS = tuple(WEIGHTS)
 
 
-@pytest.fixture(autouse=True)
-def _eager_kernels(monkeypatch):
-    # The oracle comparison is about numerics; compiled and eager kernels are compared elsewhere.
-    monkeypatch.setenv("QZOO_COMPILE", "0")
-
-
 def stored_scale(element: str, shared: np.ndarray) -> np.ndarray:
     """qzoo stores the integer grid's step for MXINT8 (X / 64, elements are k/64) and X otherwise."""
     return shared / np.float32(64) if element == "int8" else shared

@@ -25,11 +25,6 @@ E4M3_MIN_SUBNORMAL = 2.0 ** -9
 F32 = np.float32
 
 
-@pytest.fixture(autouse=True)
-def _eager_kernels(monkeypatch):
-    monkeypatch.setenv("QZOO_COMPILE", "0")
-
-
 def nvfp4_reference(x: np.ndarray, axis: int):
     """``(values, block_scales, tensor_scale)`` of float32 ``x`` with blocks of 16 along ``axis``."""
     x = np.asarray(x, dtype=F32)

@@ -12,11 +12,6 @@ import quantizers as qz
 from quantizers.observers import OBSERVERS
 
 
-@pytest.fixture(autouse=True)
-def _eager_kernels(monkeypatch):
-    monkeypatch.setenv("QZOO_COMPILE", "0")
-
-
 def t(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 

@@ -20,11 +20,6 @@ from quantizers.scaling import rules
 F32 = np.float32
 
 
-@pytest.fixture(autouse=True)
-def _eager_kernels(monkeypatch):
-    monkeypatch.setenv("QZOO_COMPILE", "0")
-
-
 def t(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 

@@ -31,9 +31,7 @@ from quantizers import (
 
 
 @pytest.fixture(autouse=True)
-def _eager_and_seeded(monkeypatch):
-    # Small tensors: eager kernels are faster than compiling them; and a fixed seed for the data.
-    monkeypatch.setenv("QZOO_COMPILE", "0")
+def _seeded():
     torch.manual_seed(0)
 
 

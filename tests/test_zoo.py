@@ -14,11 +14,6 @@ Int, Float = qz.IntQuantTensor, qz.FloatQuantTensor
 GInt, GFloat = qz.GroupwiseIntQuantTensor, qz.GroupwiseFloatQuantTensor
 
 
-@pytest.fixture(autouse=True)
-def _eager_kernels(monkeypatch):
-    monkeypatch.setenv("QZOO_COMPILE", "0")
-
-
 # ---- composition ---------------------------------------------------------------------------------------
 
 
