@@ -173,7 +173,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"[{index}/{len(cases)}] {case.id}: ERROR {errors[case.id]}", file=sys.stderr)
             continue
         results.append(result)
-        line = ", ".join(f"{row.baseline} {row.ratio:.3g}" for row in result.rows)
+        line = ", ".join(
+            f"{row.name.split(',')[0]} {row.candidate_median:.2f} s" if row.unit == "s" else f"{row.baseline} {row.ratio:.3g}"
+            for row in result.rows
+        )
         print(f"[{index}/{len(cases)}] {case.id}: {line} ({result.wall_s:.1f}s, load {result.load_after[0]:.1f})", file=sys.stderr)
 
     rows = [row for result in results for row in result.rows]

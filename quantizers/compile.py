@@ -15,9 +15,12 @@ give bit-identical results, so the policy only decides speed. It is chosen with
 - ``"1"`` / ``set_compile_enabled(True)``: every kernel compiles synchronously on its first call.
 - ``"0"`` / ``set_compile_enabled(False)``: always eager.
 
-How a configuration is served: the calling thread runs the compiled graph only through
+How a configuration is served: the background thread compiles by calling the compiled kernel on
+stand-in tensors of the caller's metadata, in the caller's grad/inference/autocast modes
+(:mod:`quantizers.compile_background`); the calling thread runs the compiled graph only through
 ``torch._dynamo.run`` (run cached graphs, never compile), so it never stalls on the compiler and
-any guard it does not match runs eager. ``torch.compile(..., recompile_limit=RECOMPILE_LIMIT)``
+any guard it does not match runs eager. A kernel called while another one runs eager is part of
+that one and is neither counted nor compiled on its own. ``torch.compile(..., recompile_limit=RECOMPILE_LIMIT)``
 gives each kernel room for one graph per configuration; that option applies in whichever thread
 compiles, so qzoo never writes the process-global ``torch._dynamo.config`` (whose values are per
 thread in torch 2.13). Only compiler errors (``torch._dynamo.exc`` exceptions, inductor's C++ and
@@ -35,19 +38,17 @@ a tensor that size, and after a few hundred calls of a batch-64 activation. See
 """
 from __future__ import annotations
 
-import atexit
-import collections
 import enum
 import functools
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Hashable, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Hashable, Optional, TypeVar
 
 import torch
-from torch import nn
+
+from . import compile_background as background
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +101,12 @@ def compile_enabled() -> bool:
 def wait_for_compiles(timeout: Optional[float] = None) -> bool:
     """Block until the background compiler has nothing queued or running (``timeout`` seconds at
     most); ``True`` if it is idle. For benchmarks and tests that want the steady state now."""
-    return _compiler.wait(timeout)
+    return background.compiler.wait(timeout)
 
 
 def background_compiles() -> int:
     """How many configurations the ``"auto"`` policy has queued for compilation so far."""
-    return _compiler.submitted
+    return background.compiler.submitted
 
 
 def compiled(fn: F, dynamic: Optional[bool] = None) -> F:
@@ -166,165 +167,7 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
-# ---- configuration keys --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _TensorSpec:
-    """What Dynamo guards on for a tensor argument: enough to build a stand-in of it."""
-
-    shape: Tuple[int, ...]
-    stride: Tuple[int, ...]
-    dtype: torch.dtype
-    device: torch.device
-    requires_grad: bool
-    parameter: bool
-    inference: bool
-
-    def group(self) -> Hashable:
-        return (len(self.shape), self.dtype, self.device, self.requires_grad, self.parameter, self.inference)
-
-    def materialize(self) -> torch.Tensor:
-        with torch.inference_mode(self.inference):
-            tensor = torch.empty_strided(self.shape, self.stride, dtype=self.dtype, device=self.device).zero_()
-        if self.parameter:
-            return nn.Parameter(tensor, requires_grad=self.requires_grad)
-        return tensor.requires_grad_(self.requires_grad)
-
-
 _local = threading.local()  # depth: > 0 while this thread runs a kernel eagerly
-_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, enum.Enum)
-
-
-class _NotServable(Exception):
-    """An argument the background compiler cannot stand in for (a tensor subclass, a meta
-    tensor): such calls run eager."""
-
-
-def _spec(value: Any) -> Any:
-    """``value`` with every tensor replaced by its :class:`_TensorSpec`; other objects kept."""
-    if isinstance(value, torch.Tensor):
-        if type(value) not in (torch.Tensor, nn.Parameter) or value.device.type == "meta":
-            raise _NotServable(f"{type(value).__name__} on {value.device}")
-        return _TensorSpec(
-            tuple(value.shape), value.stride(), value.dtype, value.device, value.requires_grad,
-            type(value) is nn.Parameter, value.is_inference(),
-        )
-    if isinstance(value, (tuple, list)):
-        return type(value)(_spec(v) for v in value)
-    if isinstance(value, dict):
-        return {name: _spec(v) for name, v in value.items()}
-    return value
-
-
-def _key(value: Any, with_shapes: bool) -> Hashable:
-    """A hashable key of a spec'd argument: tensors by spec (with or without shapes), plain
-    values by value, other objects by identity (so equal-looking objects are never confused)."""
-    if isinstance(value, _TensorSpec):
-        return value if with_shapes else value.group()
-    if isinstance(value, (tuple, list)):
-        return (type(value),) + tuple(_key(v, with_shapes) for v in value)
-    if isinstance(value, dict):
-        return (dict,) + tuple((name, _key(v, with_shapes)) for name, v in value.items())
-    if isinstance(value, _PLAIN):
-        return (type(value), value)
-    return (type(value), id(value))
-
-
-def _materialize(value: Any) -> Any:
-    if isinstance(value, _TensorSpec):
-        return value.materialize()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_materialize(v) for v in value)
-    if isinstance(value, dict):
-        return {name: _materialize(v) for name, v in value.items()}
-    return value
-
-
-@dataclass(frozen=True)
-class _Modes:
-    """The calling thread's modes that Dynamo guards on and a stand-in call must reproduce."""
-
-    grad: bool
-    inference: bool
-    autocast: Tuple[Tuple[str, bool, torch.dtype], ...]
-
-    @staticmethod
-    def current() -> "_Modes":
-        autocast = tuple(
-            (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-            for device in ("cpu", "cuda")
-        )
-        return _Modes(torch.is_grad_enabled(), torch.is_inference_mode_enabled(), autocast)
-
-    def run(self, fn: Callable[[], Any]) -> Any:
-        with torch.inference_mode(self.inference), torch.set_grad_enabled(self.grad):
-            with torch.autocast("cpu", dtype=self.autocast[0][2], enabled=self.autocast[0][1]):
-                if self.autocast[1][1]:
-                    with torch.autocast("cuda", dtype=self.autocast[1][2]):
-                        return fn()
-                return fn()
-
-
-# ---- the background compiler -----------------------------------------------------------------------
-class _Compiler:
-    """One daemon thread that runs queued compile jobs one at a time (compiles are CPU-bound and
-    Python-heavy; two at once would only slow each other and the caller)."""
-
-    def __init__(self) -> None:
-        self._reset()
-        self.submitted = 0
-
-    def _reset(self) -> None:
-        self._queue: Deque[Callable[[], None]] = collections.deque()
-        self._condition = threading.Condition()
-        self._busy = False
-        self._closed = False
-        self._thread: Optional[threading.Thread] = None
-
-    def submit(self, job: Callable[[], None]) -> None:
-        with self._condition:
-            if self._closed:
-                return
-            self._queue.append(job)
-            self.submitted += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name="qzoo-compile", daemon=True)
-                self._thread.start()
-            self._condition.notify_all()
-
-    def wait(self, timeout: Optional[float]) -> bool:
-        with self._condition:
-            return self._condition.wait_for(lambda: not self._queue and not self._busy, timeout)
-
-    def close(self) -> None:
-        """At exit: drop queued jobs; a running one dies with the (daemon) thread, unlogged.
-        Waiting for it would hold the exit for a whole compile, and inductor's own exit
-        handlers stop its compile workers first anyway."""
-        with self._condition:
-            self._closed = True
-            self._queue.clear()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _work(self) -> None:
-        while True:
-            with self._condition:
-                self._condition.wait_for(lambda: self._queue)
-                job = self._queue.popleft()
-                self._busy = True
-            try:
-                job()
-            finally:
-                with self._condition:
-                    self._busy = False
-                    self._condition.notify_all()
-
-
-_compiler = _Compiler()
-atexit.register(_compiler.close)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_compiler._reset)  # the thread and its lock stay in the parent
 
 
 # ---- one kernel ------------------------------------------------------------------------------------
@@ -372,11 +215,9 @@ class _Kernel:
         if getattr(_local, "depth", 0):  # inside another kernel's eager run: that one compiles
             return self.fn(*args, **kwargs)
         try:
-            spec = _spec((args, kwargs))
-        except _NotServable:
+            key = (background.call_key(args, kwargs), background.current_modes())
+        except background.NotServable:
             return self.fn(*args, **kwargs)
-        modes = _Modes.current()
-        key = (_key(spec, True), modes)
         state = self._states.get(key)
         if state is _State.READY:
             return self._run_cached(*args, **kwargs)
@@ -387,7 +228,7 @@ class _Kernel:
         finally:
             _local.depth = 0
         if state is None:
-            self._count(key, (_key(spec, False), modes), time.perf_counter() - start, spec, modes)
+            self._count(key, time.perf_counter() - start, args, kwargs)
         return result
 
     def _call_compiled(self, args: tuple, kwargs: dict) -> Any:
@@ -400,7 +241,9 @@ class _Kernel:
             self._compiler_failed(error, whole_kernel=not _is_recompile_limit(error))
             return result
 
-    def _count(self, key: Hashable, group: Hashable, seconds: float, spec: Any, modes: _Modes) -> None:
+    def _count(self, key: Hashable, seconds: float, args: tuple, kwargs: dict) -> None:
+        """Add a call's eager ``seconds`` to its configuration; queue ``key`` once that pays."""
+        group = background.shape_free(key)
         with self._lock:
             if len(self._usage) > _MAX_TRACKED or len(self._states) > _MAX_TRACKED:
                 self._usage.clear()
@@ -412,24 +255,27 @@ class _Kernel:
                 return
             self._states[key] = _State.QUEUED
         logger.debug("qzoo: compiling %s in the background after %d calls, %.2f s eager", self.fn.__qualname__, *usage)
-        _compiler.submit(functools.partial(self._compile_in_background, key, spec, modes))
+        job = functools.partial(self._compile_in_background, key, background.spec_of((args, kwargs)))
+        background.compiler.submit(job)
 
-    def _compile_in_background(self, key: Hashable, spec: Any, modes: _Modes) -> None:
+    def _compile_in_background(self, key: Hashable, spec: Any) -> None:
         """Compile ``key``'s graph by calling the compiled kernel on stand-in tensors of the same
-        metadata, in the caller's modes; the caller's own tensors are never touched here."""
+        metadata, in the caller's modes (and its backward, which AOTAutograd compiles lazily on the
+        first backward); the caller's own tensors are never touched here."""
         if self.broken:
             return
-        args, kwargs = _materialize(spec)
+        args, kwargs = background.materialize(spec)
+        modes = key[1]
         try:
-            modes.run(lambda: self._compiled(*args, **kwargs))
+            background.run_in_modes(modes, lambda: background.forward_and_backward(self._compiled, args, kwargs))
             self._states[key] = _State.READY
         except Exception as error:  # noqa: BLE001 - a background failure must never surface
             self._states[key] = _State.FAILED
-            if _compiler.closed or not _is_compiler_error(error):
+            if background.compiler.closed or not _is_compiler_error(error):
                 logger.debug("qzoo: stand-in call of %s raised %r", self.fn.__qualname__, error)
                 return
             try:
-                modes.run(lambda: self.fn(*args, **kwargs))
+                background.run_in_modes(modes, lambda: self.fn(*args, **kwargs))
             except Exception:  # noqa: BLE001 - the stand-in values, not the compiler, were at fault
                 return
             self._compiler_failed(error, whole_kernel=_is_environment_error(error))

@@ -308,3 +308,31 @@ def test_meta_tensors_and_tensor_subclasses_run_eager_without_compiling(policy, 
     submitted = qcompile.background_compiles()
     assert kernel(torch.empty(4, device="meta")).device.type == "meta"
     assert qcompile.background_compiles() == submitted and not kernel.kernel._states
+
+
+def test_auto_compiles_the_backward_in_the_background_too(monkeypatch, policy, pays_at_once):
+    """AOTAutograd compiles a backward graph on the first backward: for a QAT step that must happen
+    in the background thread too, not in the training loop."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    compiled_in = []
+
+    def counting(name):
+        def compiler(graph, example_inputs):
+            compiled_in.append((name, threading.current_thread().name))
+            return make_boxed_func(graph.forward)
+        return compiler
+
+    monkeypatch.setattr(qcompile, "_BACKEND", aot_autograd(fw_compiler=counting("forward"), bw_compiler=counting("backward")))
+    policy("auto")
+    kernel = qcompile.compiled(fresh(round_to_step))
+    weight, config = torch.nn.Parameter(torch.randn(16)), Config("sin")
+    kernel(weight, config).sum().backward()  # eager; queues the compile
+    assert qcompile.wait_for_compiles(timeout=120)
+    assert sorted(name for name, _ in compiled_in) == ["backward", "forward"]
+    assert {thread for _, thread in compiled_in} == {"qzoo-compile"}
+    weight.grad = None
+    kernel(weight, config).sum().backward()  # compiled forward and backward, nothing compiled here
+    assert len(compiled_in) == 2
+    assert torch.equal(weight.grad, torch.cos(weight.detach() / 0.5))
