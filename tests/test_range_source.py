@@ -3,10 +3,6 @@ instead of flags and a swapped class, ``Observer.reset``, observer names, learne
 ``TensorQuantizer``; and strict ``load_state_dict`` of quantizer state (reliability L1)."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import pytest
 import torch
 from torch import nn
