@@ -166,6 +166,9 @@ def run_in_modes(modes: Hashable, fn: Callable[[], Any]) -> Any:
         return fn()
 
 
+EXIT_WAIT_SECONDS = 600.0
+
+
 class BackgroundCompiler:
     """One daemon thread that runs queued compile jobs one at a time (compiles are CPU-bound and
     Python-heavy; two at once would only slow each other and the caller)."""
@@ -197,12 +200,14 @@ class BackgroundCompiler:
             return self._condition.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     def close(self) -> None:
-        """At exit: drop queued jobs; a running one dies with the (daemon) thread, unlogged.
-        Waiting for it would hold the exit for a whole compile, and inductor's own exit
-        handlers stop its compile workers first anyway."""
+        """At interpreter exit: drop queued jobs and wait for a running one (at most
+        ``EXIT_WAIT_SECONDS``). A thread stopped inside the compiler or a compiled kernel while
+        the interpreter finalizes can abort the process ("terminate called without an active
+        exception"), so the exit waits for the compile in flight instead."""
         with self._condition:
             self._closed = True
             self._queue.clear()
+        self.wait(EXIT_WAIT_SECONDS)
 
     @property
     def closed(self) -> bool:
@@ -223,6 +228,8 @@ class BackgroundCompiler:
 
 
 compiler = BackgroundCompiler()
-atexit.register(compiler.close)
+# Before the atexit handlers (inductor's stop its compile workers): where threading offers it, at
+# the point the interpreter joins non-daemon threads.
+getattr(threading, "_register_atexit", atexit.register)(compiler.close)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=compiler._reset)  # the thread and its lock stay in the parent
