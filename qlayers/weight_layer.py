@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from quantizers import QuantTensor, TensorQuantizer
+from quantizers.compile import is_tracing
 
 from .bias import BiasQuantizer, accumulator_scales
 from .quant_layer import MaybeQuant, QuantLayer, dequantize
@@ -97,7 +98,7 @@ class QuantWeightLayer(QuantLayer):
         if (
             self.training
             or not self.cache_quant_weight
-            or torch.compiler.is_compiling()
+            or is_tracing()
             or (weight.requires_grad and torch.is_grad_enabled())
             or weight is not self._parameters.get("weight")  # parametrized: a new tensor per access
         ):

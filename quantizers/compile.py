@@ -47,6 +47,7 @@ import time
 from typing import Any, Callable, Dict, Hashable, Optional, TypeVar
 
 import torch
+from torch._guards import CompileContext
 
 from . import compile_background as background
 
@@ -109,6 +110,20 @@ def background_compiles() -> int:
     return background.compiler.submitted
 
 
+@torch.compiler.assume_constant_result
+def is_tracing() -> bool:
+    """Whether ``torch.compile`` is tracing the calling code, in this thread.
+
+    Use it instead of ``torch.compiler.is_compiling()``, which in torch 2.13 is a process-wide flag:
+    while the background compiler (or any thread) compiles, it is ``True`` in every thread, and
+    eager code elsewhere would skip its checks, caches and observer synchronisation. Under
+    tracing, Dynamo evaluates this function once and keeps the result as a constant.
+    """
+    if not torch.compiler.is_compiling():
+        return False
+    return CompileContext.try_get() is not None
+
+
 def compiled(fn: F, dynamic: Optional[bool] = None) -> F:
     """``fn`` run eager or compiled (``fullgraph=True``) as the compile policy says.
 
@@ -120,7 +135,7 @@ def compiled(fn: F, dynamic: Optional[bool] = None) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if torch.compiler.is_compiling():
+        if is_tracing():
             return fn(*args, **kwargs)
         return kernel(args, kwargs)
 

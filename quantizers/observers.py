@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .compile import is_tracing
 from .scaling.statistics import Range, Statistic
 
 
@@ -207,7 +208,7 @@ def distributed() -> bool:
     more than one rank and no ``torch.compile`` graph is being traced."""
     return (
         dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        and not torch.compiler.is_compiling()
+        and not is_tracing()
     )
 
 

@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .compile import compiled
+from .compile import compiled, is_tracing
 from .fake_quant import fake_quantize
 from .formats import IntFormat, NumberFormat
 from .observers import Observer
@@ -247,7 +247,7 @@ class TensorQuantizer(nn.Module):
         the observer where the source says so)."""
         source = self._range_source
         if source is RangeSource.LEARNED:
-            if self.learned_range.numel() == 0 and self.observer is None and not torch.compiler.is_compiling():
+            if self.learned_range.numel() == 0 and self.observer is None and not is_tracing():
                 self.init_learned_range(x)  # a weight's range starts from the weight itself
             if self.learned_range.numel() > 0:
                 if self.training:
@@ -262,7 +262,7 @@ class TensorQuantizer(nn.Module):
             return self._observe(x)
         if self.observer.is_initialized:  # OBSERVER in eval, FROZEN
             return self.observer.value(self.scaler.needs)
-        if not self._warned_uncalibrated and not torch.compiler.is_compiling():
+        if not self._warned_uncalibrated and not is_tracing():
             logger.warning("static quantizer %s was never calibrated; using each batch's own range", self)
             self._warned_uncalibrated = True
         return self.statistic(x)
@@ -370,7 +370,7 @@ class TensorQuantizer(nn.Module):
 
     def _warn_if_mostly_padding(self, x: torch.Tensor) -> None:
         granularity = self.granularity
-        if not granularity.is_grouped or self._warned_padding or torch.compiler.is_compiling() or x.ndim == 0:
+        if not granularity.is_grouped or self._warned_padding or is_tracing() or x.ndim == 0:
             return
         length = x.shape[granularity.resolve_axis(x.ndim)]
         if 0 < length < granularity.group_size:

@@ -338,3 +338,38 @@ def test_auto_compiles_the_backward_in_the_background_too(monkeypatch, policy, p
     kernel(weight, config).sum().backward()  # compiled forward and backward, nothing compiled here
     assert len(compiled_in) == 2
     assert torch.equal(weight.grad, torch.cos(weight.detach() / 0.5))
+
+
+def test_eager_code_ignores_another_threads_compile():
+    """torch.compiler.is_compiling() is process-wide in torch 2.13: while another thread (the
+    background compiler) compiles, eager code here must still run its checks (a NaN has no code
+    in E4M3's sibling without NaN), fill learned ranges and use its caches."""
+    started, release = threading.Event(), threading.Event()
+
+    def compile_elsewhere():
+        with torch.compiler._compile_session_context():  # what Dynamo holds while compiling
+            started.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=compile_elsewhere)
+    thread.start()
+    try:
+        started.wait(30)
+        assert torch.compiler.is_compiling() and not qcompile.is_tracing()
+        with pytest.raises(ValueError, match="cannot encode NaN"):
+            qz.get_format("float4_e2m1fn").encode(torch.tensor([float("nan")]))
+        quantizer = qz.build_tensor_quantizer(qz.Int8WeightPerTensorFloat)
+        quantizer.range_source = "learned"  # starts from the first weight's own range
+        quantizer(torch.randn(4, 8))
+        assert quantizer.learned_range.numel() > 0
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_is_tracing_is_true_inside_a_compiled_graph():
+    def branch(x):
+        return x + 1 if qcompile.is_tracing() else x - 1
+
+    assert torch.equal(torch.compile(branch, fullgraph=True, backend="eager")(torch.zeros(1)), torch.ones(1))
+    assert torch.equal(branch(torch.zeros(1)), -torch.ones(1))

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ..compile import is_tracing
 from .carrier import Carrier, check_float_input
 from .rounding import check_rounding, uniform_noise
 
@@ -145,7 +146,7 @@ class NumberFormat:
     ) -> torch.Tensor:
         """Quantize ``x`` and return the bit codes (``torch.uint8``; ``torch.int32`` above 8 bits)."""
         check_float_input(x)
-        if not self.has_nan and not torch.compiler.is_compiling() and x.device.type != "meta" and bool(torch.isnan(x).any()):
+        if not self.has_nan and not is_tracing() and x.device.type != "meta" and bool(torch.isnan(x).any()):
             raise ValueError(f"cannot encode NaN: {self.name} has no NaN code")
         xc, q = self._round(x, rounding, saturating, generator)
         return self._codes_of(q, negative_nan=torch.signbit(xc)).to(self.code_dtype)
@@ -237,7 +238,7 @@ def check_codes(codes: torch.Tensor, fmt: NumberFormat) -> None:
             or codes.dtype == torch.bool:
         got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
         raise TypeError(f"codes must be an integer tensor (e.g. torch.uint8), got {got}")
-    if not torch.compiler.is_compiling() and codes.numel() > 0 and codes.device.type != "meta":
+    if not is_tracing() and codes.numel() > 0 and codes.device.type != "meta":
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= 2 ** fmt.bits:
             raise ValueError(
@@ -256,7 +257,7 @@ def _finite_sorted(values: Tuple[float, ...]) -> List[float]:
 def _table(values: Tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A constant table as a tensor: cached per dtype and device in eager mode; built in place
     while compiling (the compiler folds it into a constant and cannot trace the cache)."""
-    if torch.compiler.is_compiling():
+    if is_tracing():
         return torch.tensor(values, dtype=dtype, device=device)
     return _cached_table(values, dtype, device)
 

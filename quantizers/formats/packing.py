@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..compile import is_tracing
+
 
 @dataclass(frozen=True)
 class _BitLayout:
@@ -145,7 +147,7 @@ def unpack_fp6(packed: torch.Tensor, length: Optional[int] = None) -> torch.Tens
 # ---- the one packing kernel -----------------------------------------------------------------
 def _pack(codes: torch.Tensor, layout: _BitLayout, argument: str) -> torch.Tensor:
     _check_uint8(codes, argument)
-    if not torch.compiler.is_compiling() and codes.numel() > 0:
+    if not is_tracing() and codes.numel() > 0:
         high = int(codes.max())
         if high > layout.max_code:
             raise ValueError(

@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ..compile import is_tracing
 from .base import AUX_FIELDS, PLAIN, QuantTensor, dequantize_args, implements
 from .grouping import grouped_shape
 from .layout import (
@@ -271,7 +272,7 @@ def _cat_aux(items: list, values: list, dim: int) -> Optional[torch.Tensor]:
     if all(a.shape[dim] == 1 for a in aligned) and all(a.shape == items[0].shape for a in items):
         if all(a is items[0] for a in items):
             return items[0]
-        if not torch.compiler.is_compiling() and all(torch.equal(a, items[0]) for a in items[1:]):
+        if not is_tracing() and all(torch.equal(a, items[0]) for a in items[1:]):
             return items[0]
     if all(a.shape[dim] == v.shape[dim] for a, v in zip(aligned, values)):
         return torch.cat(aligned, dim)
