@@ -17,11 +17,6 @@ from qlayers.model import spec_to_quantizer
 from quantizers.scaling.scalers import FloatScaler, Scaler, Scales
 
 
-@pytest.fixture(autouse=True)
-def _eager_kernels(monkeypatch):
-    monkeypatch.setenv("QZOO_COMPILE", "0")
-
-
 # ---- every attribute rejects a bad value ---------------------------------------------------------------
 
 BAD_VALUES = {  # attribute: (a quantizer it applies to, a bad value)

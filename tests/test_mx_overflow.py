@@ -11,10 +11,6 @@ float64) and hand-computed codes.
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
-
 import ml_dtypes
 import numpy as np
 import pytest
@@ -29,11 +25,6 @@ WEIGHTS = {
     "float6_e2m3fn": qz.MXFloat6e2m3Weight, "float6_e3m2fn": qz.MXFloat6e3m2Weight,
     "float4_e2m1fn": qz.MXFloat4e2m1Weight, "int8": qz.MXInt8Weight,
 }
-
-
-@pytest.fixture(autouse=True)
-def _eager_kernels(monkeypatch):
-    monkeypatch.setenv("QZOO_COMPILE", "0")
 
 
 def _block(*values) -> torch.Tensor:

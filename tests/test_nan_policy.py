@@ -9,9 +9,6 @@ the scale; for MX the standalone ``mx_reference`` (NaN block -> NaN scale); hand
 from __future__ import annotations
 
 import math
-import os
-
-os.environ.setdefault("QZOO_COMPILE", "0")
 
 import numpy as np
 import pytest
@@ -27,11 +24,6 @@ from quantizers.scaling.granularity import Granularity
 
 F32 = np.float32
 SPECIALS = {"nan": math.nan, "+inf": math.inf, "-inf": -math.inf}
-
-
-@pytest.fixture(autouse=True)
-def _eager_kernels(monkeypatch):
-    monkeypatch.setenv("QZOO_COMPILE", "0")
 
 
 def _inputs(seed: int, shape=(6, 32)):
