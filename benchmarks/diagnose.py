@@ -26,7 +26,7 @@ from .brevitas_twins import brevitas_available
 from .cases import Case, Context
 from .memory import cpu_memory_events, quiet_stderr
 from .run import all_cases
-from .timing import graphs_compiled, time_interleaved
+from .timing import graphs_compiled, settle, time_interleaved
 
 MIB = 1024 * 1024
 
@@ -72,6 +72,9 @@ def profile_python(fn: Callable[[], Any], calls: int, rows: int) -> None:
 
 def diagnose(case: Case, ctx: Context, label: str, calls: int, rows: int, recompiles: bool) -> None:
     print(f"\n## {case.id}  [{label}]")
+    if case.kind == "cold":
+        print("  (cold-start case: run benchmarks.run --only cold_start)")
+        return
     contenders = case.build(ctx)
     if case.kind != "time":
         print("  (memory case: run benchmarks.run --only for its numbers; profiling its step as time)")
@@ -79,6 +82,7 @@ def diagnose(case: Case, ctx: Context, label: str, calls: int, rows: int, recomp
     if label not in contenders:
         print(f"  no contender {label!r}; have {', '.join(contenders)}")
         return
+    settle(contenders[case.candidate])  # the compile policy's steady state, as benchmarks.run times
     timings = time_interleaved(contenders, repeats=7, warmup=2, min_sample_s=0.05)
     print("  per call: " + ", ".join(
         f"{name} {t.median_ms:.3f} ms (min {t.min_ms:.3f}, first {t.first_call_ms:.0f})" for name, t in timings.items()
