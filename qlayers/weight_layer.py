@@ -110,7 +110,7 @@ class QuantWeightLayer(QuantLayer):
     def _eval_generator(self, quantizer: nn.Module, weight: torch.Tensor) -> Optional[torch.Generator]:
         """A generator seeded with ``eval_rounding_seed`` for a stochastic weight quantizer in eval
         mode (outside ``torch.compile``), else None (torch's global generator)."""
-        if self.training or getattr(quantizer, "rounding", None) != "stochastic" or torch.compiler.is_compiling():
+        if self.training or getattr(quantizer, "rounding", None) != "stochastic" or is_tracing():
             return None
         return torch.Generator(device=weight.device).manual_seed(self.eval_rounding_seed)
 

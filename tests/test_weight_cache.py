@@ -19,11 +19,6 @@ from qlayers import QuantConv2d, QuantConvTranspose2d, QuantEmbedding, QuantLine
 from qlayers.weight_cache import CHECK_VALUES, weight_checksum
 
 
-@pytest.fixture(autouse=True)
-def eager_kernels(monkeypatch):
-    monkeypatch.setenv("QZOO_COMPILE", "0")
-
-
 def uncached(layer: nn.Module, *inputs) -> torch.Tensor:
     """The oracle: ``layer``'s output with its weight quantized afresh."""
     twin = copy.deepcopy(layer)
