@@ -53,7 +53,7 @@ for the checksum. A model whose weights only change through torch ops can set
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -74,12 +74,13 @@ class WeightCache:
 
     def clear(self) -> None:
         """Forget the entry."""
-        self.value: Optional[QuantTensor] = None
-        self._weight_ref: Optional[weakref.ref] = None
-        self._key: Optional[Tuple[Any, ...]] = None
-        self._quantizer: Optional[_ModuleState] = None
-        self._check: Optional[str] = None
-        self._values: Any = None
+        self._entry: Optional[_Entry] = None
+
+    @property
+    def value(self) -> Optional[QuantTensor]:
+        """The cached QuantTensor (None when empty)."""
+        entry = self._entry
+        return None if entry is None else entry.value
 
     def __getstate__(self) -> Dict[str, Any]:  # pickled and deep-copied empty: the entry is derived data
         return {"check_values": self.check_values}
@@ -91,30 +92,42 @@ class WeightCache:
         self, weight: torch.Tensor, quantizer: nn.Module, compute: Callable[[], QuantTensor], extra: Any = None,
     ) -> QuantTensor:
         """The cached QuantTensor of ``weight`` under ``quantizer`` if still valid, else
-        ``compute()`` (then cached). ``extra`` is any further key of the caller (compared with ``==``)."""
+        ``compute()`` (then cached). ``extra`` is any further key of the caller (compared with ``==``).
+        The entry is replaced as one object, so threads sharing a layer never see half of one."""
         check = self.check_values
         if check not in CHECK_VALUES:
             raise ValueError(f"cache_checks_values={check!r} is not allowed; allowed values: {', '.join(CHECK_VALUES)}")
         if weight.device.type == "meta":
             return compute()
+        entry = self._entry
         try:
             key = _weight_key(weight, extra, check)
-            if self.value is not None and self._matches(weight, quantizer, key, check):
-                return self.value
-            self.clear()
-            value = compute()
+            if entry is not None and entry.matches(weight, quantizer, key, check):
+                return entry.value
             state = _ModuleState(quantizer, with_values=check != "none")
         except RuntimeError:  # an inference tensor outside inference mode has no version counter
             self.clear()
             return compute()
-        self._values = _snapshot(weight, check)
-        self.value, self._weight_ref, self._key, self._quantizer, self._check = value, weakref.ref(weight), key, state, check
+        self.clear()
+        value = compute()
+        self._entry = _Entry(value, weakref.ref(weight), key, state, check, _snapshot(weight, check))
         return value
 
-    def _matches(self, weight: torch.Tensor, quantizer: nn.Module, key: Tuple[Any, ...], check: str) -> bool:
-        if self._weight_ref() is not weight or check != self._check or key != self._key:
+
+class _Entry(NamedTuple):
+    """A cached QuantTensor and what it was computed from."""
+
+    value: QuantTensor
+    weight_ref: weakref.ref
+    key: Tuple[Any, ...]
+    quantizer: "_ModuleState"
+    check: str
+    snapshot: Any
+
+    def matches(self, weight: torch.Tensor, quantizer: nn.Module, key: Tuple[Any, ...], check: str) -> bool:
+        if self.weight_ref() is not weight or check != self.check or key != self.key:
             return False
-        return self._quantizer.matches(quantizer) and _unchanged(weight, check, self._values)
+        return self.quantizer.matches(quantizer) and _unchanged(weight, check, self.snapshot)
 
 
 # ---- the key: identity, version, layout, mode -----------------------------------------------------

@@ -84,13 +84,11 @@ class QuantWeightLayer(QuantLayer):
         work on the result never reaches later forwards. It is recomputed in training, under
         ``torch.compile`` and whenever autograd needs the weight's gradient.
         """
-        quant_weight = self._quant_weight()
-        if quant_weight is not None and quant_weight is self._weight_cache.value:
-            return quant_weight.clone()
-        return quant_weight
+        return self._quant_weight(copy=True)
 
-    def _quant_weight(self) -> Optional[QuantTensor]:
-        """:meth:`quant_weight` for the layer's own use: a cached QuantTensor itself, not a copy."""
+    def _quant_weight(self, copy: bool = False) -> Optional[QuantTensor]:
+        """:meth:`quant_weight`; for the layer's own use (``copy=False``) a cached QuantTensor is
+        returned itself, not copied."""
         quantizer, weight = self.weight_quant, self.weight
         if quantizer is None:
             return None
@@ -105,7 +103,8 @@ class QuantWeightLayer(QuantLayer):
             return _run(quantizer, weight, generator)
         self._weight_cache.check_values = self.cache_checks_values
         compute = lambda: _run(quantizer, weight, generator)  # noqa: E731
-        return self._weight_cache.get(weight, quantizer, compute, extra=self.eval_rounding_seed)
+        cached = self._weight_cache.get(weight, quantizer, compute, extra=self.eval_rounding_seed)
+        return cached.clone() if copy else cached
 
     def _eval_generator(self, quantizer: nn.Module, weight: torch.Tensor) -> Optional[torch.Generator]:
         """A generator seeded with ``eval_rounding_seed`` for a stochastic weight quantizer in eval

@@ -491,3 +491,27 @@ def test_copies_of_a_layer_start_with_an_empty_cache():
             assert torch.equal(twin(X), y)
             twin.weight.data[0, 1] += 10.0
             assert torch.equal(twin(X), uncached(twin, X)) and torch.equal(layer(X), y)
+
+
+def test_threads_sharing_a_layer_get_the_sequential_result():
+    import threading
+    layer = linear()
+    with torch.no_grad():
+        expected = layer(X)
+    results, errors = [], []
+
+    def work():
+        try:
+            with torch.no_grad():
+                for _ in range(20):
+                    layer.clear_weight_cache()  # races entries being replaced against hits
+                    results.append(layer(X))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 60 and all(torch.equal(y, expected) for y in results)
