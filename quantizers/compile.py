@@ -110,7 +110,6 @@ def background_compiles() -> int:
     return background.compiler.submitted
 
 
-@torch.compiler.assume_constant_result
 def is_tracing() -> bool:
     """Whether ``torch.compile`` is tracing the calling code, in this thread.
 
@@ -122,6 +121,11 @@ def is_tracing() -> bool:
     if not torch.compiler.is_compiling():
         return False
     return CompileContext.try_get() is not None
+
+
+# What torch.compiler.assume_constant_result(is_tracing) does, without importing torch._dynamo (two
+# seconds) when qzoo is imported; test_compile_policy checks that a compiled graph sees True.
+is_tracing._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def compiled(fn: F, dynamic: Optional[bool] = None) -> F:
