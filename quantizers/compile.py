@@ -24,17 +24,22 @@ that one and is neither counted nor compiled on its own. ``torch.compile(..., re
 gives each kernel room for one graph per configuration; that option applies in whichever thread
 compiles, so qzoo never writes the process-global ``torch._dynamo.config`` (whose values are per
 thread in torch 2.13). Only compiler errors (``torch._dynamo.exc`` exceptions, inductor's C++ and
-lowering errors, the recompile limit) fall back to eager, with one log line per kernel; an error
-the eager kernel raises too is the caller's and is raised.
+lowering errors, the recompile limit) fall back to eager, with one log line per kernel: the
+configuration that failed runs eager, or every one after an error of the environment (no C++
+compiler); an error the eager kernel raises too is the caller's and is raised. At interpreter exit
+queued compiles are dropped and a running one is waited for. ``torch.compiler.is_compiling()`` is
+process-wide in torch 2.13 (true in every thread while any thread compiles), so qzoo code that must
+know whether it is being traced asks :func:`is_tracing`.
 
-Measured on the 2-core CI-size CPU (torch 2.13, shared machine, so indicative): in a fresh process
-with an empty inductor cache, ``import quantizers, qlayers`` takes 0.1 s after torch's 1.2 s, the
-first ``quantize`` of a 1024x1024 weight to MXFP4 0.16 s, and the first eval forward of a
-``QuantLinear(1024, 1024)`` with a static FP8 input quantizer (batch 64) 0.2 s; compiling the same
-kernels synchronously took 13.6 s and 1.9 s. Eager fake quantization of a 4096x4096 weight costs
-6-50x a ``clone()`` (compiled: 1.2-1.8x), so the background compile pays from the second call of
-a tensor that size, and after a few hundred calls of a batch-64 activation. See
-``benchmarks/coldstart.py`` and the README's performance table.
+Measured on the 2-core CI-size CPU (torch 2.13; a machine shared with other jobs, so indicative):
+in a fresh process with an empty inductor cache, the first ``quantize`` of a 1024x1024 weight to
+MXFP4 takes 0.16-0.28 s and the first eval forward of a ``QuantLinear(1024, 1024)`` with a
+calibrated static FP8 input (batch 64) 0.10-0.69 s; compiled on first call (``QZOO_COMPILE=1``)
+they took 10.9 s and 3.5 s. Eager fake quantization of a 4096x4096 weight costs 6-50x a
+``clone()`` and the compiled kernel 1.4-3x (the same under both policies), so compiling pays from
+the second call of a tensor that size and after a few hundred calls of a batch-64 activation; in
+the test suite only one or two configurations pay (outside the policy's own tests). See ``benchmarks/coldstart.py`` and the
+README's performance table.
 """
 from __future__ import annotations
 
