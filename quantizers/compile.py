@@ -38,7 +38,7 @@ calibrated static FP8 input (batch 64) 0.10-0.69 s; compiled on first call (``QZ
 they took 10.9 s and 3.5 s. Eager fake quantization of a 4096x4096 weight costs 6-50x a
 ``clone()`` and the compiled kernel 1.4-3x (the same under both policies), so compiling pays from
 the second call of a tensor that size and after a few hundred calls of a batch-64 activation; in
-the test suite only one or two configurations pay (outside the policy's own tests). See ``benchmarks/coldstart.py`` and the
+the test suite at most one or two configurations pay (outside the policy's own tests). See ``benchmarks/coldstart.py`` and the
 README's performance table.
 """
 from __future__ import annotations
