@@ -105,7 +105,7 @@ def _finish(model: nn.Module, warn: bool) -> "CalibrationReport":
         for module, training in state["training"]:
             module.training = training
         observed = state["observed"]
-        if warn and observed and all(_observer_state(q) == before for q, before in observed):
+        if warn and observed and all(_observer_unchanged(q, before) for q, before in observed):
             warnings.warn(
                 f"calibration of {type(model).__name__} observed no batch: no static quantizer saw any "
                 "data (empty data loader, num_batches=0, or a forward that skips the quantized layers?); "
@@ -213,10 +213,16 @@ def _dynamic_activation_quantizers(model: nn.Module) -> Iterator[TensorQuantizer
                 yield quantizer
 
 
-def _observer_state(quantizer: TensorQuantizer) -> Tuple[int, int]:
-    """What changes when an observer takes a batch (its ``high`` buffer is replaced or written)."""
+def _observer_state(quantizer: TensorQuantizer) -> Tuple[torch.Tensor, int]:
+    """What changes when an observer takes a batch: its ``high`` buffer is replaced or written.
+    The buffer itself is kept (not its ``id``, which a new buffer may reuse once it is freed)."""
     high = quantizer.observer.high
-    return id(high), high._version
+    return high, high._version
+
+
+def _observer_unchanged(quantizer: TensorQuantizer, before: Tuple[torch.Tensor, int]) -> bool:
+    high = quantizer.observer.high
+    return high is before[0] and high._version == before[1]
 
 
 def _nothing_to_observe(model: nn.Module) -> str:
