@@ -373,3 +373,23 @@ def test_is_tracing_is_true_inside_a_compiled_graph():
 
     assert torch.equal(torch.compile(branch, fullgraph=True, backend="eager")(torch.zeros(1)), torch.ones(1))
     assert torch.equal(branch(torch.zeros(1)), -torch.ones(1))
+
+
+def test_import_and_first_calls_do_not_load_the_compiler():
+    """Cold start: importing qzoo and the first quantize / layer forward stay eager and never import
+    torch._dynamo (two seconds on the CI machine before any compile)."""
+    script = textwrap.dedent("""
+        import sys, torch
+        import quantizers as qz, qlayers as qnn
+        assert "torch._dynamo" not in sys.modules, "import"
+        qz.quantize(torch.randn(64, 64), qz.MXFloat4e2m1Weight)
+        layer = qnn.QuantLinear(64, 64, input_quant=qz.Fp8e4m3OCPActPerTensorFloat)
+        qnn.calibrate(layer, [torch.randn(4, 64)], progress=False)
+        with torch.no_grad():
+            layer.eval()(torch.randn(4, 64))
+        assert "torch._dynamo" not in sys.modules, "first calls"
+    """)
+    env = {**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[1])}
+    env.pop(qcompile.ENV_VAR, None)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import sys
 import warnings
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -150,8 +151,12 @@ class _FirstCallCheck:
     def __init__(self, module: nn.Module, graph_module: fx.GraphModule, name: str):
         self.module, self.graph_module, self.name = module, graph_module, name
 
-    @torch.compiler.disable
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if "torch._dynamo" in sys.modules:  # torch.compile may be tracing: keep the check out of it
+            return torch.compiler.disable(self._check)(*args, **kwargs)
+        return self._check(*args, **kwargs)  # (a decorator would import torch._dynamo, ~2 s, with qlayers)
+
+    def _check(self, *args: Any, **kwargs: Any) -> Any:
         module = self.module
         problem = _trace_problem(module, self.graph_module, args, kwargs)
         if problem is None:
