@@ -393,3 +393,14 @@ def test_import_and_first_calls_do_not_load_the_compiler():
     env.pop(qcompile.ENV_VAR, None)
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_library_code_asks_is_tracing_not_the_process_wide_flag():
+    """``torch.compiler.is_compiling()`` is true in every thread while any thread compiles (the
+    background compiler included); library code asks ``quantizers.compile.is_tracing()``."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    offenders = [
+        str(path.relative_to(root)) for package in ("quantizers", "qlayers") for path in (root / package).rglob("*.py")
+        if path.name != "compile.py" and "torch.compiler.is_compiling()" in path.read_text()
+    ]
+    assert not offenders, f"use quantizers.compile.is_tracing() instead of torch.compiler.is_compiling() in {offenders}"
