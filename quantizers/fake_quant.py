@@ -7,6 +7,14 @@
 - to ``x``: straight through ``Q`` (identity) and zero where ``clamp`` saturates, as in Brevitas;
 - to ``s`` (when it requires grad, LSQ-style): ``Q(y) - y`` inside the range and the clamp bound
   outside, which is exactly what differentiating the formula with a straight-through ``Q`` gives.
+
+Dtypes: the formula runs in float32 for float16, bfloat16 and float32 inputs (float64 for float64;
+see :func:`~quantizers.formats.carrier.compute_dtype`), so ``x / s`` is rounded onto the format
+exactly once, and the result ``(q - z) * s`` (float32) is cast back to the input dtype once. A
+saturating format also stops where that cast would overflow: the clamp bounds become the grid
+values nearest zero-ward of ``±finfo(dtype).max`` (``q = floor(max / s)`` on the grid), so a finite
+float16/bfloat16 input never gives Inf and every output is ``dtype((q - z) * s)`` with ``q`` on the
+format's grid.
 """
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ from typing import Optional
 import torch
 
 from .formats import NumberFormat
+from .formats.carrier import compute_dtype
 
 
 class _RoundToFormat(torch.autograd.Function):
@@ -61,15 +70,20 @@ def fake_quantize(
     backward pass keeps nothing but ``x`` and the scales and recomputes the in-range mask, so QAT
     holds no full-size intermediate for backward.
     """
-    resolved = fmt.default_saturating if saturating is None else saturating
-    bounds = (fmt.min_value, fmt.max_value) if resolved or not (fmt.has_inf or fmt.has_nan) else None
     parameters = tuple(t for t in (scale, zero_point, offset) if isinstance(t, torch.Tensor))
     if (
         torch.is_grad_enabled() and x.requires_grad and rounding != "stochastic"
         and not any(t.requires_grad for t in parameters)
     ):
-        return _FakeQuantizeInput.apply(x, scale, zero_point, offset, fmt, rounding, saturating, bounds)
-    return _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset, bounds)
+        return _FakeQuantizeInput.apply(x, scale, zero_point, offset, fmt, rounding, saturating)
+    return _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset)
+
+
+def _widened(x, scale, zero_point, offset):
+    """``x``, ``scale``, ``zero_point`` and ``offset`` in the compute dtype (exact widening casts)."""
+    work = compute_dtype(x.dtype)
+    cast = lambda t: t.to(work) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    return cast(x), cast(scale), cast(zero_point), cast(offset)
 
 
 def _scaled(x, scale, zero_point, offset):
@@ -77,15 +91,33 @@ def _scaled(x, scale, zero_point, offset):
     return y if zero_point is None else y + zero_point
 
 
-def _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset, bounds):
+def _bounds(dtype, device, scale, fmt, zero_point, saturating, offset):
+    """The clamp bounds of ``y = x / s + z`` for inputs of ``dtype``: ``None`` without saturation;
+    the format's extremes; for dtypes narrower than the compute dtype, also the grid values whose
+    ``(q - z) * s`` stays within ``±finfo(dtype).max`` (rounded toward zero onto the grid)."""
+    if not fmt._saturates(saturating):
+        return None
+    if dtype == compute_dtype(dtype):
+        return fmt.min_value, fmt.max_value
+    detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in (scale, zero_point, offset)]
+    limit = torch.tensor(torch.finfo(dtype).max, dtype=compute_dtype(dtype), device=device)
+    high = fmt.quantize(_scaled(limit, *detached), rounding="floor", saturating=True)
+    low = fmt.quantize(_scaled(-limit, *detached), rounding="ceil", saturating=True)
+    return low, high
+
+
+def _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset):
     """The formula, differentiable in every tensor argument (straight through ``Q``)."""
+    dtype = x.dtype
+    x, scale, zero_point, offset = _widened(x, scale, zero_point, offset)
     y = _scaled(x, scale, zero_point, offset)
+    bounds = _bounds(dtype, x.device, scale, fmt, zero_point, saturating, offset)
     if bounds is not None:
         y = torch.clamp(y, *bounds)
     q = round_to_format_ste(y, fmt, rounding, saturating, generator)
     if zero_point is not None:
         q = q - zero_point
-    return saturate_product(q * scale if offset is None else q * scale + offset, q)
+    return saturate_product(q * scale if offset is None else q * scale + offset, q).to(dtype)
 
 
 def saturate_product(
@@ -107,15 +139,18 @@ class _FakeQuantizeInput(torch.autograd.Function):
     passes the gradient where ``clamp`` did not saturate, recomputing that mask from ``x``."""
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, offset, fmt, rounding, saturating, bounds):  # noqa: D401
+    def forward(ctx, x, scale, zero_point, offset, fmt, rounding, saturating):  # noqa: D401
         ctx.save_for_backward(x, scale, zero_point, offset)
-        ctx.bounds = bounds
-        return _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, None, offset, bounds)
+        ctx.fmt, ctx.saturating = fmt, saturating
+        return _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, None, offset)
 
     @staticmethod
     def backward(ctx, grad):
         x, scale, zero_point, offset = ctx.saved_tensors
-        if ctx.bounds is not None:
+        dtype = x.dtype
+        x, scale, zero_point, offset = _widened(x, scale, zero_point, offset)
+        bounds = _bounds(dtype, x.device, scale, ctx.fmt, zero_point, ctx.saturating, offset)
+        if bounds is not None:
             y = _scaled(x, scale, zero_point, offset)
-            grad = torch.where((y >= ctx.bounds[0]) & (y <= ctx.bounds[1]), grad, torch.zeros_like(grad))
-        return grad, None, None, None, None, None, None, None
+            grad = torch.where((y >= bounds[0]) & (y <= bounds[1]), grad, torch.zeros_like(grad))
+        return grad, None, None, None, None, None, None

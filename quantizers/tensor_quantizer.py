@@ -17,6 +17,7 @@ from torch import nn
 from .compile import compiled, is_tracing
 from .fake_quant import fake_quantize
 from .formats import IntFormat, NumberFormat
+from .formats.carrier import compute_dtype, widen
 from .observers import Observer
 from .scaling.granularity import Granularity, finite_or_zero
 from .scaling.scalers import Scaler, Scales
@@ -181,8 +182,9 @@ class TensorQuantizer(nn.Module):
     # ---- statistics --------------------------------------------------------------------------
     def statistic(self, x: torch.Tensor) -> Statistic:
         """This tensor's statistic, as the scaler needs it (absmax or (min, max)), over its finite
-        elements (NaN/Inf blocks marked for block scales: the policy of :mod:`quantizers.scaling`)."""
-        raw = x.detach()
+        elements (NaN/Inf blocks marked for block scales: the policy of :mod:`quantizers.scaling`),
+        computed in float32 for float16/bfloat16 input."""
+        raw = widen(x.detach())
         x = finite_or_zero(raw)
         if self.range_method == "percentile":
             if self.scaler.needs == "absmax":
@@ -395,22 +397,21 @@ class TensorQuantizer(nn.Module):
             self._observe(x)
             return x
         if source is RangeSource.TENSOR and self.range_method == "max" and self.rounding != "stochastic" and self.float_range is None:
-            work = x.float() if x.dtype == torch.float16 else x
             value_, scales = quantize_from_own_range(
-                work, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating, static_shape
+                x, self.fmt, self.granularity, self.scaler, self.rounding, self.saturating, static_shape
             )
-            return self._wrap(work, value_.to(x.dtype), scales)
+            return self._wrap(x, value_, scales)
         return self.quantize_with(x, self.range_for(x), generator)
 
     def quantize_with(self, x: torch.Tensor, stat: Statistic, generator: Optional[torch.Generator] = None) -> QuantTensor:
         """Quantize ``x`` with the scales this quantizer's rule derives from ``stat`` (an absolute
         maximum, or ``(min, max)``, shaped per scale): the extension point for code that supplies
-        its own ranges (fixed, learned or frozen). float16 inputs are computed in float32 (float16
-        cannot hold scales such as 2^-127) and come back as float16."""
-        work = x.float() if x.dtype == torch.float16 else x
-        scales = self.scaler(stat)
-        value_ = self._fake_quantize(self.granularity.layout(work), scales, generator)
-        return self._wrap(work, value_.to(x.dtype), scales)
+        its own ranges (fixed, learned or frozen). Statistics, scales and ``x / s`` are computed in
+        float32 for float16/bfloat16/float32 inputs (float64 for float64); ``value_`` comes back in
+        ``x``'s dtype, cast once (see :mod:`quantizers.fake_quant`), and ``scale_`` stays float32."""
+        scales = self.scaler(widen_statistic(stat, x.dtype))
+        value_ = self._fake_quantize(self.granularity.layout(x), scales, generator)
+        return self._wrap(x, value_, scales)
 
     def _wrap(self, x: torch.Tensor, value_: torch.Tensor, scales: Scales) -> QuantTensor:
         integer = isinstance(self.fmt, IntFormat)
@@ -442,10 +443,12 @@ def fake_quantize_layout(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """Fake-quantize ``layout`` (the granularity's layout of a tensor) with ``scales``, fused
-    (eagerly for ``rounding="stochastic"``, whose noise comes from ``generator``)."""
-    scale = scales.effective_scale.to(layout.dtype)
-    zero_point = None if scales.zero_point is None else scales.zero_point.to(layout.dtype)
-    offset = None if scales.offset is None else scales.offset.to(layout.dtype)
+    (eagerly for ``rounding="stochastic"``, whose noise comes from ``generator``), computed in
+    float32 (float64 for float64) and returned in ``layout``'s dtype."""
+    work = compute_dtype(layout.dtype)
+    scale = scales.effective_scale.to(work)
+    zero_point = None if scales.zero_point is None else scales.zero_point.to(work)
+    offset = None if scales.offset is None else scales.offset.to(work)
     if rounding == "stochastic":
         return fake_quantize(layout, scale, fmt, zero_point, rounding, saturating, generator, offset)
     return _fused_fake_quantize(layout, scale, fmt, zero_point, rounding, saturating, None, offset)
@@ -495,8 +498,18 @@ def _fits_per_scale(shape: Tuple[int, ...], granularity: Granularity) -> bool:
 _range_statistic = compiled(range_statistic)
 
 
+def widen_statistic(stat: Statistic, dtype: torch.dtype) -> Statistic:
+    """``stat`` in the compute dtype of inputs of ``dtype`` (an observer's buffers or a learned range
+    may have been cast to float16/bfloat16 by ``module.half()``; the scale is still computed in
+    float32)."""
+    work = compute_dtype(dtype)
+    if isinstance(stat, tuple):
+        return Range(*(s.to(work) for s in stat))
+    return stat.to(work)
+
+
 def _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating):
-    stat = range_statistic(x.detach(), granularity, scaler.needs, scaler.nan_blocks)
+    stat = range_statistic(widen(x.detach()), granularity, scaler.needs, scaler.nan_blocks)
     scales = scaler(stat)
     value_ = fake_quantize_layout(granularity.layout(x), scales, fmt, rounding, saturating)
     return value_, scales.scale, scales.zero_point, scales.outer_scale, scales.offset

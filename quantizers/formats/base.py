@@ -132,9 +132,20 @@ class NumberFormat:
         ``saturating=True`` overflow and ±Inf map to ±max; with ``False`` overflow follows the
         format (Inf where it has Inf, else NaN where it has NaN). NaN stays NaN. The result is exact:
         every output element is a value of :meth:`values` (or NaN/±Inf).
+
+        The rounding runs in a float32 or float64 carrier and the result is cast back to ``x.dtype``
+        once. Where the format's extreme values do not exist in ``x.dtype`` (``int16``'s 32767 or
+        ``uint16``'s 65535 in float16/bfloat16, E8M0's 2^16 in float16) saturation stops at the
+        format's values that do (:meth:`limits_in`), so a saturating result never leaves the format
+        and is never Inf for finite input. Without saturation, a value beyond ``x.dtype``'s range
+        overflows to Inf on the cast, as IEEE 754 casts do.
         """
         check_float_input(x)
         _, rounded = self._round(x, rounding, saturating, generator)
+        if rounded.dtype != x.dtype and self._saturates(saturating):
+            # The cast back must not leave the format: clamp to its extreme values that x.dtype holds
+            # exactly (int16's 32767 is 32752 in float16; E8M0's 2^16 is 2^15, its 2^-127 is 2^-24).
+            rounded = rounded.clamp(*self.limits_in(x.dtype))
         return rounded.to(x.dtype)
 
     def encode(
@@ -165,6 +176,16 @@ class NumberFormat:
     @property
     def code_dtype(self) -> torch.dtype:
         return torch.uint8 if self.bits <= 8 else torch.int32
+
+    def limits_in(self, dtype: torch.dtype) -> Tuple[float, float]:
+        """``(lowest, highest)``: the smallest and largest finite values of this format that ``dtype``
+        holds exactly (``(min_value, max_value)`` when it holds them all)."""
+        return _limits_in(self, dtype)
+
+    def _saturates(self, saturating: Optional[bool]) -> bool:
+        """Whether overflow clamps to the extreme values (always for formats without Inf and NaN)."""
+        resolved = self.default_saturating if saturating is None else saturating
+        return bool(resolved) or not (self.has_inf or self.has_nan)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _round(
@@ -244,6 +265,13 @@ def check_codes(codes: torch.Tensor, fmt: NumberFormat) -> None:
             raise ValueError(
                 f"codes must lie in [0, {2 ** fmt.bits - 1}] for {fmt.name}; got values in [{low}, {high}]"
             )
+
+
+@functools.lru_cache(maxsize=256)
+def _limits_in(fmt: NumberFormat, dtype: torch.dtype) -> Tuple[float, float]:
+    values = torch.tensor(_finite_sorted(fmt.code_values), dtype=torch.float64)
+    held = values[values.to(dtype).to(torch.float64) == values]
+    return float(held[0]), float(held[-1])
 
 
 def _finite(values: Tuple[float, ...]) -> List[float]:

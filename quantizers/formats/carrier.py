@@ -14,6 +14,18 @@ import torch
 FLOAT_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype quantization arithmetic (statistics, scales, ``x / s``, ``q * s``) runs in for
+    inputs of ``dtype``: float64 for float64, float32 for everything else (float16 and bfloat16
+    values are exact in float32, and float32 holds scales such as 2^-127 that they cannot)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def widen(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in :func:`compute_dtype` (exact: a widening cast); float32/float64 tensors unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(compute_dtype(x.dtype))
+
+
 @dataclass(frozen=True)
 class Carrier:
     """An IEEE binary float dtype and its integer twin of the same width."""

@@ -176,7 +176,7 @@ def finish_rounding(
     else:
         y = _overflow(y, x, max_value, fmt.has_inf, rounding)
     if not fmt.signed:
-        y = y.clamp_min(0.0)
+        return y.clamp_min(0.0).abs()  # +0, never -0: abs is not folded away by compilers
     if single_zero:
         y = y + 0.0  # -0 + 0 = +0 under round-to-nearest
     return y

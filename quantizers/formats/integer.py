@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -21,7 +21,9 @@ class IntFormat(NumberFormat):
     - unsigned: ``[0, 2^bits - 1]`` (``narrow=True`` drops 0's partner at the top: ``2^bits - 2``).
 
     ``quantize`` rounds (``"even"`` is ``torch.round``) and clamps; integers have no Inf or NaN, so
-    they always saturate, and NaN inputs stay NaN in ``quantize`` but cannot be encoded. Codes are the
+    they always saturate, and NaN inputs stay NaN in ``quantize`` but cannot be encoded. Zero is
+    ``-0.0`` for a negative input rounding to zero in signed formats, and always ``+0.0`` in unsigned
+    ones (eager and compiled alike). Codes are the
     two's complement bit pattern in the low ``bits`` bits (``int4`` -1 is ``0b1111``).
 
     Example:
@@ -100,6 +102,11 @@ class IntFormat(NumberFormat):
             value = torch.where(value >= 2 ** (self.bits - 1), value - 2 ** self.bits, value)
         return value.to(torch.float64 if self.bits > 24 else torch.float32)
 
+    def limits_in(self, dtype: torch.dtype) -> Tuple[float, float]:
+        """``(min_int, max_int)`` rounded toward zero into ``dtype`` (every value of ``dtype`` at or
+        above its 2^mantissa is an integer, so these are the format's extreme values it holds)."""
+        return _toward_zero(self.min_int, dtype), _toward_zero(self.max_int, dtype)
+
     def _carrier(self, dtype: torch.dtype) -> Carrier:
         # float32 holds every integer up to 2^24 exactly; wider formats compute in float64.
         return FLOAT64 if dtype == torch.float64 or self.bits > 24 else FLOAT32
@@ -108,7 +115,18 @@ class IntFormat(NumberFormat):
         self, x: torch.Tensor, carrier: Carrier, rounding: str, saturating: bool,
         noise: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        return round_to_integer(x, rounding, noise).clamp(self.min_int, self.max_int)
+        q = round_to_integer(x, rounding, noise).clamp(self.min_int, self.max_int)
+        # Unsigned formats give +0 for -0 (and for negatives clamped to 0): ``abs`` keeps eager and
+        # compiled kernels equal, where a clamp's choice between -0 and +0 differs.
+        return q if self.signed else q.abs()
 
     def _codes_of(self, q: torch.Tensor, negative_nan: torch.Tensor) -> torch.Tensor:
         return q.to(torch.int64) & (2 ** self.bits - 1)
+
+
+def _toward_zero(value: int, dtype: torch.dtype) -> float:
+    """The value of ``dtype`` nearest ``value`` in the direction of zero."""
+    cast = torch.tensor(float(value), dtype=torch.float64).to(dtype)
+    if abs(float(cast)) > abs(value):
+        cast = torch.nextafter(cast, torch.zeros_like(cast))
+    return float(cast)

@@ -27,6 +27,15 @@ def _nonzero(stat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.where((stat > 0) | torch.isnan(stat), scale, torch.ones_like(scale))
 
 
+def _span_scale(low: torch.Tensor, high: torch.Tensor, levels: float) -> torch.Tensor:
+    """``(high - low) / levels`` (1 for an empty range). A span beyond the dtype's range (bfloat16
+    or float32 data near ±max at both ends) is computed as ``high / levels - low / levels`` instead
+    of overflowing to Inf."""
+    span = high - low
+    scale = torch.where(torch.isinf(span), high / levels - low / levels, span / levels)
+    return _nonzero(span, scale)
+
+
 FULL_RANGE_DIVISORS = ("half_range", "min_int")
 
 
@@ -67,7 +76,7 @@ def int_asymmetric_scale(
     ``s = (max - min) / (max_int - min_int)`` and ``z = clamp(round(min_int - min / s), min_int, max_int)``.
     """
     low, high = min_value.clamp_max(0), max_value.clamp_min(0)
-    scale = _nonzero(high - low, (high - low) / float(fmt.max_int - fmt.min_int))
+    scale = _span_scale(low, high, float(fmt.max_int - fmt.min_int))
     zero_point = torch.round(fmt.min_int - low / scale).clamp(fmt.min_int, fmt.max_int)
     return scale, zero_point
 
@@ -80,7 +89,7 @@ def int_minval_scale(
     minimum is exactly representable instead of zero; nothing is rounded to an integer zero point.
     """
     low, high = min_value.clamp_max(0), max_value.clamp_min(0)
-    scale = _nonzero(high - low, (high - low) / float(fmt.max_int - fmt.min_int))
+    scale = _span_scale(low, high, float(fmt.max_int - fmt.min_int))
     return scale, low
 
 
