@@ -7,6 +7,7 @@ never disagree with it.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -15,8 +16,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..compile import is_tracing
-from .carrier import Carrier, check_float_input
+from .carrier import Carrier, check_float_input, sign_bit
 from .rounding import check_rounding, uniform_noise
+
+
+_CACHED_FACTS = ("code_values", "has_nan", "has_inf", "max_value", "min_value", "min_subnormal", "magnitude_codes")
 
 
 class NumberFormat:
@@ -60,11 +64,42 @@ class NumberFormat:
         """Code written for NaN (``negative`` is the NaN's sign bit); formats without NaN raise."""
         raise ValueError(f"{self.name} has no NaN encoding")
 
+    # ---- pickling: only the declared fields, validated again on load -------------------------
+    def __getstate__(self) -> Dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __setstate__(self, state: Dict[str, object]) -> None:
+        """Restore the declared fields and run the constructor's validation again, so a checkpoint
+        loaded with ``torch.load(weights_only=True)`` cannot smuggle in a format that
+        ``__init__`` would reject (e.g. 22 mantissa bits, whose code table would never finish).
+        Cached facts found in older checkpoints are dropped and recomputed."""
+        if not isinstance(state, dict):
+            raise TypeError(f"cannot restore {type(self).__name__} from {type(state).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        unknown = set(state) - set(fields) - set(_CACHED_FACTS)
+        if unknown:
+            raise ValueError(f"cannot restore {type(self).__name__}: unknown fields {sorted(unknown)}; allowed: {sorted(fields)}")
+        for name, field in fields.items():
+            if name in state:
+                value = state[name]
+            elif field.default is not dataclasses.MISSING:
+                value = field.default
+            else:
+                raise ValueError(f"cannot restore {type(self).__name__}: field {name!r} is missing")
+            object.__setattr__(self, name, value)
+        self.__post_init__()
+
+    def __copy__(self) -> "NumberFormat":
+        return self  # immutable
+
+    def __deepcopy__(self, memo: dict) -> "NumberFormat":
+        return self
+
     # ---- derived facts -----------------------------------------------------------------------
     def _precompute(self) -> None:
         """Fill the cached facts now, so kernels never compute them inside a compiled region
         (``functools.cached_property`` takes a lock there, which ``torch.compile`` cannot trace)."""
-        for name in ("code_values", "has_nan", "has_inf", "max_value", "min_value", "min_subnormal", "magnitude_codes"):
+        for name in _CACHED_FACTS:
             getattr(self, name)
 
     @functools.cached_property
@@ -141,7 +176,7 @@ class NumberFormat:
         overflows to Inf on the cast, as IEEE 754 casts do.
         """
         check_float_input(x)
-        _, rounded = self._round(x, rounding, saturating, generator)
+        rounded = self._round(x, rounding, saturating, generator)
         if rounded.dtype != x.dtype and self._saturates(saturating):
             # The cast back must not leave the format: clamp to its extreme values that x.dtype holds
             # exactly (int16's 32767 is 32752 in float16; E8M0's 2^16 is 2^15, its 2^-127 is 2^-24).
@@ -159,8 +194,8 @@ class NumberFormat:
         check_float_input(x)
         if not self.has_nan and not is_tracing() and x.device.type != "meta" and bool(torch.isnan(x).any()):
             raise ValueError(f"cannot encode NaN: {self.name} has no NaN code")
-        xc, q = self._round(x, rounding, saturating, generator)
-        return self._codes_of(q, negative_nan=torch.signbit(xc)).to(self.code_dtype)
+        q = self._round(x, rounding, saturating, generator)
+        return self._codes_of(q, negative_nan=sign_bit(x)).to(self.code_dtype)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """The float32 value of every code (integer tensor with values in ``[0, 2^bits)``)."""
@@ -191,13 +226,13 @@ class NumberFormat:
     def _round(
         self, x: torch.Tensor, rounding: Optional[str], saturating: Optional[bool],
         generator: Optional[torch.Generator],
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(x in the carrier dtype, x rounded onto the grid in the carrier dtype)``."""
+    ) -> torch.Tensor:
+        """``x`` rounded onto the grid, in the carrier dtype."""
         rounding, saturating = self._resolve(rounding, saturating)
         carrier = self._carrier(x.dtype)
         xc = x.to(carrier.dtype)
         noise = uniform_noise(xc, generator) if rounding == "stochastic" else None
-        return xc, self._round_in_carrier(xc, carrier, rounding, saturating, noise)
+        return self._round_in_carrier(xc, carrier, rounding, saturating, noise)
 
     def _resolve(self, rounding: Optional[str], saturating: Optional[bool]) -> Tuple[str, bool]:
         rounding = self.default_rounding if rounding is None else check_rounding(rounding)

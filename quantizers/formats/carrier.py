@@ -64,6 +64,14 @@ def carrier_for(dtype: torch.dtype, exponent_low: int, exponent_high: int) -> Ca
     return FLOAT32
 
 
+def sign_bit(x: torch.Tensor) -> torch.Tensor:
+    """``torch.signbit(x)`` read from the bits, so a float16/bfloat16 -NaN counts as negative
+    (torch's CPU float16 -> float32 conversion drops the sign of NaN)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.view(torch.int16) < 0
+    return torch.signbit(x)
+
+
 def check_float_input(x: torch.Tensor, argument: str = "x") -> None:
     """Raise ``TypeError`` unless ``x`` is a floating-point tensor of a supported dtype."""
     if not isinstance(x, torch.Tensor):

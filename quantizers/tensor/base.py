@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Union
 import torch
 
 from ..formats import NumberFormat
+from ..formats.carrier import widen
 from .checks import as_format, check_broadcastable, check_tensor, storable
 
 AUX_FIELDS = ("scale_", "zero_point_", "outer_scale_")
@@ -218,9 +219,10 @@ class QuantTensor:
         raise NotImplementedError
 
     def _ratio_(self) -> torch.Tensor:
-        """``value_ / scale_eff`` (0 where the scale is 0), without autograd."""
-        scale = self._scale_eff_.detach()
-        ratio = self.value_.detach() / scale
+        """``value_ / scale_eff`` (0 where the scale is 0), without autograd, divided in float32
+        (float64 for float64): a bfloat16 quotient would add its own rounding error."""
+        scale = widen(self._scale_eff_.detach())
+        ratio = widen(self.value_.detach()) / scale
         return torch.where(scale == 0, torch.zeros_like(ratio), ratio)
 
     # ---- metadata ----------------------------------------------------------------------------

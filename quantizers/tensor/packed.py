@@ -8,7 +8,13 @@ Storage of the elements (codes of ``fmt.encode`` of the unscaled elements, in ``
   (:func:`pack_fp4` / :func:`pack_int4` over the flattened codes).
 - FP6: one code per byte, or four per three bytes with ``pack(packed_fp6=True)``.
 - other formats up to 8 bits (HiFloat8, int2/int3, ...): one ``uint8`` code per byte;
-  9 to 16-bit integers: one ``int16`` word each.
+  9 to 16-bit integers: one ``int16`` word each; 17 to 32-bit integers (``Int32Bias``): one
+  ``int32`` word each.
+
+``value_`` is rebuilt as its canonical formula computed in float32 (float64 for float64) and cast
+to its dtype once, as the quantizers compute it. A QuantTensor widened afterwards
+(``qt.to(torch.float64)``, ``qt.float()`` of a bfloat16 one) is recognised: the packed form records
+the narrower dtype ``value_`` was rounded to and rebuilds the same bits.
 
 Scales: when the QuantTensor names a ``scale_format`` (E8M0 for MX, ``float8_e4m3fn`` for NVFP4
 block scales) and every ``scale_`` value round-trips through it exactly, ``scale_`` is stored as
@@ -30,7 +36,9 @@ import torch
 from ..fake_quant import saturate_product
 from ..formats import FloatFormat, IntFormat, NumberFormat, get_format
 from ..formats.packing import pack_fp4, pack_fp6, pack_int4, unpack_fp4, unpack_fp6, unpack_int4
+from ..formats.carrier import compute_dtype
 from .base import QuantTensor
+from .checks import check_broadcastable
 from .kinds import FloatQuantTensor, GroupwiseFloatQuantTensor, GroupwiseIntQuantTensor, IntQuantTensor
 
 _KINDS: Dict[str, type] = {
@@ -41,7 +49,8 @@ _TORCH_FLOAT8 = tuple(
     name for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")
     if hasattr(torch, name)
 )
-LAYOUTS = ("byte", "nibble", "six_bit", "word16")
+LAYOUTS = ("byte", "nibble", "six_bit", "word16", "word32")
+_ROUNDING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def torch_storage_dtype(fmt: NumberFormat) -> torch.dtype:
@@ -87,6 +96,7 @@ class PackedQuantTensor:
     group_size: Optional[int] = None
     group_dim: Optional[int] = None
     original_shape: Optional[torch.Size] = None
+    rounded_dtype: Optional[torch.dtype] = None  # value_ was rounded to this dtype, then widened
 
     @property
     def nbytes(self) -> int:
@@ -95,10 +105,17 @@ class PackedQuantTensor:
         return sum(t.numel() * t.element_size() for t in stored if t is not None)
 
     def unpack(self) -> QuantTensor:
-        """The QuantTensor this was packed from (``value_``, ``scale_``, ``zero_point_`` bit-identical)."""
+        """The QuantTensor this was packed from (``value_``, ``scale_``, ``zero_point_`` bit-identical).
+
+        The stored fields are validated first (a checkpoint loaded with ``weights_only=True`` can
+        hold anything), so inconsistent data raises ``ValueError`` instead of allocating or
+        computing without bound."""
+        check_packed(self)
         cls = _KINDS[self.kind]
         codes = _unpack_codes(self)
-        elements = self.fmt.decode(codes).to(self.value_dtype)
+        rounded = self.value_dtype if self.rounded_dtype is None else self.rounded_dtype
+        work = compute_dtype(rounded)
+        elements = self.fmt.decode(codes).to(work)
         scale_ = self.scale
         if self.scale_codes_format is not None:
             scale_ = self.scale_codes_format.decode(self.scale.view(torch.uint8)).to(self.scale_dtype)
@@ -107,11 +124,12 @@ class PackedQuantTensor:
             zero_point_ = torch.zeros(self.zero_point_shape, dtype=self.zero_point_dtype, device=codes.device)
             symmetric = self.zero_point_shape == () and self.zero_point_dtype == self.scale_dtype
         scale_eff = scale_ if self.outer_scale is None else scale_ * self.outer_scale
+        scale_eff = scale_eff.to(work)
         if issubclass(cls, (IntQuantTensor, GroupwiseIntQuantTensor)):
-            elements = elements - zero_point_
-        value_ = saturate_product(elements * scale_eff, elements, self.value_dtype)  # as quantize does
+            elements = elements - zero_point_.to(work)
+        value_ = saturate_product(elements * scale_eff, elements, rounded)  # as quantize does
         fields = dict(
-            value_=value_.to(self.value_dtype), scale_=scale_, zero_point_=None if symmetric else zero_point_,
+            value_=value_.to(rounded).to(self.value_dtype), scale_=scale_, zero_point_=None if symmetric else zero_point_,
             fmt=self.fmt,
             outer_scale_=self.outer_scale, scale_format=self.scale_format,
         )
@@ -133,13 +151,19 @@ def pack(qt: QuantTensor, packed_fp6: bool = False, check: bool = True) -> Packe
 
     With ``check=True`` (default) the packed form is unpacked once and compared with ``qt``; a
     ``value_`` that is not the canonical ``e * scale`` / ``(q - zero_point) * scale`` of its elements
-    (see :mod:`quantizers.tensor.base`) raises ``ValueError`` instead of being silently changed.
+    (see :mod:`quantizers.tensor.base`), computed in float32 and rounded to ``value_``'s dtype or a
+    narrower one it was widened from, raises ``ValueError`` instead of being silently changed.
+    ``check=False`` skips that comparison (``value_`` is then rebuilt by the formula in its own
+    dtype), but never truncates: an element outside the format's range raises ``ValueError``
+    either way, and every code of every format fits its storage.
     """
     if not isinstance(qt, QuantTensor):
         raise TypeError(f"pack needs a QuantTensor, got {type(qt).__name__}")
     fmt = qt.fmt
+    unscaled = qt._unscaled_()
+    _check_in_range(unscaled, fmt, type(qt).__name__)
     # encode rounds to nearest, snapping value_ / scale (within an ulp of an element) onto it.
-    codes = fmt.encode(_nan_block_elements_to_zero(qt), rounding="even", saturating=False)
+    codes = fmt.encode(_nan_block_elements_to_zero(qt, unscaled), rounding="even", saturating=False)
     layout, stored = _pack_codes(codes, fmt, packed_fp6)
     scale_, scale_codes_format = qt.scale_.detach(), None
     if qt.scale_format is not None and qt.scale_format.bits <= 8:
@@ -160,24 +184,97 @@ def pack(qt: QuantTensor, packed_fp6: bool = False, check: bool = True) -> Packe
         group_size=getattr(qt, "group_size", None), group_dim=getattr(qt, "group_dim", None),
         original_shape=getattr(qt, "original_shape", None),
     )
-    # Integer codes have no -0: a -0.0 in an integer kind's value_ comes back as +0.0.
-    signed_zero = not isinstance(fmt, IntFormat)
-    if check and not _same_values(packed.unpack().value_, qt.value_.detach(), signed_zero):
-        formula = "(q - zero_point_) * scale" if isinstance(fmt, IntFormat) else "e * scale"
-        raise ValueError(
-            f"value_ of this {type(qt).__name__} is not the canonical {formula} of its elements, so "
-            "packing would change it (e.g. after a narrowing .to(dtype) or a hand-built value_). "
-            "Compute value_ with that formula in the target dtype, or pass check=False to pack anyway."
-        )
+    if check:
+        _find_rounded_dtype(packed, qt)
     return packed
 
 
-def _nan_block_elements_to_zero(qt: QuantTensor) -> torch.Tensor:
+def _nan_block_elements_to_zero(qt: QuantTensor, unscaled: torch.Tensor) -> torch.Tensor:
     """The unscaled elements, 0 where the scale is NaN: an OCP MX / NVFP4 block holding NaN/Inf
     carries its NaN in the scale (E8M0 0xFF, E4M3 0x7F), which decodes the whole block to NaN
     whatever its element codes."""
-    unscaled = qt._unscaled_()
     return torch.where(torch.isnan(qt._scale_eff_.detach()), torch.zeros_like(unscaled), unscaled)
+
+
+def _find_rounded_dtype(packed: PackedQuantTensor, qt: QuantTensor) -> None:
+    """Set ``packed.rounded_dtype`` to the dtype ``value_`` was rounded to: its own, or a narrower
+    one it was widened from (``.to(torch.float64)``); raise ``ValueError`` if none reproduces it."""
+    # Integer codes have no -0: a -0.0 in an integer kind's value_ comes back as +0.0.
+    signed_zero = not isinstance(qt.fmt, IntFormat)
+    value_ = qt.value_.detach()
+    width = torch.finfo(value_.dtype).bits
+    narrower = [d for d in _ROUNDING_DTYPES if d != value_.dtype and torch.finfo(d).bits < width]
+    for rounded in [None] + narrower:
+        packed.rounded_dtype = rounded
+        if _same_values(packed.unpack().value_, value_, signed_zero):
+            return
+    packed.rounded_dtype = None
+    formula = "(q - zero_point_) * scale" if isinstance(qt.fmt, IntFormat) else "e * scale"
+    raise ValueError(
+        f"value_ of this {type(qt).__name__} ({value_.dtype}) is not the canonical {formula} of its "
+        f"elements computed in float32 and rounded to {value_.dtype} (or to a narrower dtype it was "
+        "widened from), so packing would change it. That happens after a narrowing .to(dtype) of "
+        "a QuantTensor, or with a hand-built value_ computed another way; pack before casting, or "
+        "pass check=False to store the nearest canonical values."
+    )
+
+
+def _check_in_range(unscaled: torch.Tensor, fmt: NumberFormat, kind: str) -> None:
+    """Raise ``ValueError`` if an element lies beyond the format's extreme values by more than half
+    a step (it has no code; encoding would clamp it). NaN/Inf are left to ``encode``."""
+    if isinstance(fmt, IntFormat):
+        low, high = fmt.min_int - 0.5, fmt.max_int + 0.5
+    else:
+        magnitudes = fmt.magnitude_codes[0]
+        top = magnitudes[-1] - magnitudes[-2] if len(magnitudes) > 1 else magnitudes[-1]
+        low, high = fmt.min_value - top / 2, fmt.max_value + top / 2
+    finite = unscaled[torch.isfinite(unscaled)]
+    if finite.numel() and (bool((finite > high).any()) or bool((finite < low).any())):
+        raise ValueError(
+            f"value_ of this {kind} holds elements value_ / scale in [{float(finite.min())}, "
+            f"{float(finite.max())}], outside {fmt.name}'s range [{fmt.min_value}, {fmt.max_value}]: "
+            "they have no code, so packing cannot store them (check=False does not change that)"
+        )
+
+
+def check_packed(packed: PackedQuantTensor) -> None:
+    """Raise ``TypeError``/``ValueError`` unless the stored fields are consistent: a known kind and
+    layout, a format, codes whose size matches ``value_shape``, and a ``zero_point_shape`` that
+    broadcasts to it. Nothing is allocated before these checks pass."""
+    if packed.kind not in _KINDS:
+        raise ValueError(f"kind={packed.kind!r} is unknown; allowed values: {', '.join(_KINDS)}")
+    if packed.layout not in LAYOUTS:
+        raise ValueError(f"layout={packed.layout!r} is unknown; allowed values: {', '.join(LAYOUTS)}")
+    if not isinstance(packed.fmt, NumberFormat):
+        raise TypeError(f"fmt must be a NumberFormat, got {type(packed.fmt).__name__}")
+    if not isinstance(packed.codes, torch.Tensor):
+        raise TypeError(f"codes must be a torch.Tensor, got {type(packed.codes).__name__}")
+    for name in ("value_dtype", "scale_dtype", "zero_point_dtype"):
+        if not isinstance(getattr(packed, name), torch.dtype):
+            raise TypeError(f"{name} must be a torch.dtype, got {getattr(packed, name)!r}")
+    if packed.rounded_dtype is not None and packed.rounded_dtype not in _ROUNDING_DTYPES:
+        raise ValueError(f"rounded_dtype={packed.rounded_dtype!r}; allowed values: None, {_ROUNDING_DTYPES}")
+    value_shape = _shape("value_shape", packed.value_shape)
+    zero_point_shape = _shape("zero_point_shape", packed.zero_point_shape)
+    numel = 1
+    for size in value_shape:
+        numel *= size
+    per_word = {"nibble": 2, "six_bit": 4}.get(packed.layout, 1)
+    stored = -(-numel // per_word) * (3 if packed.layout == "six_bit" else 1)
+    if packed.codes.numel() != stored:
+        raise ValueError(
+            f"codes hold {packed.codes.numel()} entries but value_shape {tuple(value_shape)} with layout "
+            f"{packed.layout!r} needs {stored}"
+        )
+    check_broadcastable("zero_point_shape", torch.empty(zero_point_shape, device="meta"), torch.Size(value_shape))
+
+
+def _shape(argument: str, shape) -> tuple:
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise TypeError(f"{argument} must be a sequence of non-negative ints, got {shape!r}")
+    return tuple(shape)
 
 
 def _pack_codes(codes: torch.Tensor, fmt: NumberFormat, packed_fp6: bool):
@@ -186,6 +283,9 @@ def _pack_codes(codes: torch.Tensor, fmt: NumberFormat, packed_fp6: bool):
         return "nibble", pack4(codes.reshape(-1))
     if fmt.bits == 6 and packed_fp6:
         return "six_bit", pack_fp6(codes.reshape(-1))
+    if fmt.bits > 16:  # two's complement int32 words of the (up to) 32-bit codes
+        words = codes.to(torch.int64)
+        return "word32", (words - (words >= 2 ** 31).to(torch.int64) * 2 ** 32).to(torch.int32)
     if fmt.bits > 8:
         words = codes.to(torch.int32)
         return "word16", (words - (words >= 2 ** 15).to(torch.int32) * 2 ** 16).to(torch.int16)
@@ -201,6 +301,8 @@ def _unpack_codes(packed: PackedQuantTensor) -> torch.Tensor:
         return unpack4(packed.codes, length=numel).reshape(packed.value_shape)
     if packed.layout == "six_bit":
         return unpack_fp6(packed.codes, length=numel).reshape(packed.value_shape)
+    if packed.layout == "word32":
+        return (packed.codes.to(torch.int64) & 0xFFFFFFFF).reshape(packed.value_shape)
     if packed.layout == "word16":
         return packed.codes.to(torch.int32) & 0xFFFF
     if packed.layout == "byte":
