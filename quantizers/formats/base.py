@@ -20,7 +20,10 @@ from .carrier import Carrier, check_float_input, sign_bit
 from .rounding import check_rounding, uniform_noise
 
 
-_CACHED_FACTS = ("code_values", "has_nan", "has_inf", "max_value", "min_value", "min_subnormal", "magnitude_codes")
+_CACHED_FACTS = (
+    "code_values", "has_nan", "has_inf", "max_value", "min_value", "min_subnormal", "magnitude_codes", "dtype_limits",
+)
+_NARROW_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class NumberFormat:
@@ -214,8 +217,18 @@ class NumberFormat:
 
     def limits_in(self, dtype: torch.dtype) -> Tuple[float, float]:
         """``(lowest, highest)``: the smallest and largest finite values of this format that ``dtype``
-        holds exactly (``(min_value, max_value)`` when it holds them all)."""
-        return _limits_in(self, dtype)
+        holds exactly (``(min_value, max_value)`` when it holds them all, e.g. float64)."""
+        return self.dtype_limits.get(dtype, (self.min_value, self.max_value))
+
+    @functools.cached_property
+    def dtype_limits(self) -> Dict[torch.dtype, Tuple[float, float]]:
+        """:meth:`limits_in` of float16, bfloat16 and float32, computed once (kernels read it)."""
+        values = torch.tensor(_finite_sorted(self.code_values), dtype=torch.float64)
+        limits = {}
+        for dtype in _NARROW_DTYPES:
+            held = values[values.to(dtype).to(torch.float64) == values]
+            limits[dtype] = (float(held[0]), float(held[-1]))
+        return limits
 
     def _saturates(self, saturating: Optional[bool]) -> bool:
         """Whether overflow clamps to the extreme values (always for formats without Inf and NaN)."""
@@ -300,13 +313,6 @@ def check_codes(codes: torch.Tensor, fmt: NumberFormat) -> None:
             raise ValueError(
                 f"codes must lie in [0, {2 ** fmt.bits - 1}] for {fmt.name}; got values in [{low}, {high}]"
             )
-
-
-@functools.lru_cache(maxsize=256)
-def _limits_in(fmt: NumberFormat, dtype: torch.dtype) -> Tuple[float, float]:
-    values = torch.tensor(_finite_sorted(fmt.code_values), dtype=torch.float64)
-    held = values[values.to(dtype).to(torch.float64) == values]
-    return float(held[0]), float(held[-1])
 
 
 def _finite(values: Tuple[float, ...]) -> List[float]:

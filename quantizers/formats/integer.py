@@ -1,12 +1,13 @@
 """Integer formats: two's complement ``intN`` and unsigned ``uintN``."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
-from .base import NumberFormat, check_codes
+from .base import _NARROW_DTYPES, NumberFormat, check_codes
 from .carrier import FLOAT32, FLOAT64, Carrier
 from .floating import _check_int
 from .rounding import round_to_integer
@@ -41,6 +42,7 @@ class IntFormat(NumberFormat):
             raise TypeError(f"signed and narrow must be bool, got signed={self.signed!r}, narrow={self.narrow!r}")
         if self.signed and self.bits < 2:
             raise ValueError("a signed IntFormat needs bits >= 2")
+        self.dtype_limits  # noqa: B018 - computed now, never inside a compiled region
 
     @property
     def default_saturating(self) -> bool:
@@ -102,10 +104,15 @@ class IntFormat(NumberFormat):
             value = torch.where(value >= 2 ** (self.bits - 1), value - 2 ** self.bits, value)
         return value.to(torch.float64 if self.bits > 24 else torch.float32)
 
-    def limits_in(self, dtype: torch.dtype) -> Tuple[float, float]:
-        """``(min_int, max_int)`` rounded toward zero into ``dtype`` (every value of ``dtype`` at or
-        above its 2^mantissa is an integer, so these are the format's extreme values it holds)."""
-        return _toward_zero(self.min_int, dtype), _toward_zero(self.max_int, dtype)
+    @functools.cached_property
+    def dtype_limits(self) -> Dict[torch.dtype, Tuple[float, float]]:
+        """``(min_int, max_int)`` rounded toward zero into float16, bfloat16 and float32 (every value
+        of a float dtype at or above 2^mantissa is an integer, so these are the format's extreme
+        values it holds)."""
+        return {
+            dtype: (_toward_zero(self.min_int, dtype), _toward_zero(self.max_int, dtype))
+            for dtype in _NARROW_DTYPES
+        }
 
     def _carrier(self, dtype: torch.dtype) -> Carrier:
         # float32 holds every integer up to 2^24 exactly; wider formats compute in float64.

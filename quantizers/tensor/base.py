@@ -12,8 +12,11 @@ Canonical formulas (``scale_eff = scale_ * outer_scale_``, or ``scale_`` without
     integer kinds:  value_ = (q - zero_point_) * scale_eff      q integer in fmt's range
     float kinds:    value_ = e * scale_eff                      e a value of fmt (minifloat)
 
-Producers that compute ``value_`` with exactly these expressions get a bit-identical ``value_``
-back from :meth:`QuantTensor.pack` / :meth:`PackedQuantTensor.unpack`.
+computed in float32 (float64 for a float64 ``value_``) and cast to ``value_``'s dtype once, as the
+quantizers do. Producers that compute ``value_`` this way get a bit-identical ``value_`` back from
+:meth:`QuantTensor.pack` / :meth:`PackedQuantTensor.unpack`, also after widening it with
+``.to(torch.float64)``. (Products of float16/bfloat16 operands are the same in float16/bfloat16
+arithmetic, which rounds the exact float32 product once.)
 """
 from __future__ import annotations
 

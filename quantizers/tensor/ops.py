@@ -17,8 +17,8 @@ Kept (QuantTensor out), on every kind, groupwise included:
 - ``detach``, ``clone``, ``contiguous``, ``to(device)``, ``cpu``, ``cuda``: every field moved.
   ``to(dtype)`` / ``float()`` / ``half()`` / ``bfloat16()`` / ``double()`` cast every floating
   field, as Brevitas does, so ``value`` equals ``value.to(dtype)``; the elements and the grid are
-  unchanged, but ``value_ == e * scale`` now holds in the old dtype's arithmetic (a narrowing cast
-  also rounds ``value_`` and the scale), so ``pack()`` a tensor before casting it.
+  unchanged. A widening cast packs bit-exactly (the packed form records the dtype ``value_`` was
+  rounded to); a narrowing cast also rounds ``value_`` and the scale, so ``pack()`` before it.
 - ``transpose`` / ``permute`` / ``t`` / ``.T``: the scale is permuted the same way; for groupwise
   kinds the grouped axis pair moves and ``group_dim`` follows.
 - ``view`` / ``reshape`` / ``flatten`` / ``unflatten`` / ``squeeze`` / ``unsqueeze``: kept when every
