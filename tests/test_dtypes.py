@@ -57,10 +57,30 @@ def _inputs(dtype: torch.dtype):
 
 
 # ---- independent reference --------------------------------------------------------------------
+def _hand_grid(e_bits: int, m_bits: int, bias: int, special: str) -> np.ndarray:
+    """Finite magnitudes of a sign/exponent/mantissa format from the formula (both signs)."""
+    values = []
+    for field in range(2 ** e_bits):
+        for mantissa in range(2 ** m_bits):
+            top = field == 2 ** e_bits - 1
+            if (special == "ieee" and top) or (special == "fn" and top and mantissa == 2 ** m_bits - 1):
+                continue
+            if field == 0:
+                values.append(math.ldexp(mantissa, 1 - bias - m_bits))
+            else:
+                values.append(math.ldexp(2 ** m_bits + mantissa, field - bias - m_bits))
+    magnitudes = np.array(values)
+    return np.unique(np.concatenate([-magnitudes, magnitudes])) + 0.0
+
+
 def _grid(fmt) -> np.ndarray:
-    """Finite values of a float format, ascending, one zero: from ml_dtypes' code table."""
+    """Finite values of a float format, ascending, one zero: from ml_dtypes' code table, or the
+    formula for formats ml_dtypes lacks (Brevitas's E4M3/E5M2 without specials)."""
     if isinstance(fmt, HiFloat8):  # no ml_dtypes type; its table is checked in test_formats_tables
         return fmt.values().double().numpy()
+    if not hasattr(ml_dtypes, fmt.name):
+        assert fmt.signed
+        return _hand_grid(fmt.exponent_bits, fmt.mantissa_bits, fmt.exponent_bias, fmt.special)
     ml_type = getattr(ml_dtypes, fmt.name)
     width = ml_dtypes.finfo(ml_type).bits
     codes = np.arange(2 ** width, dtype=np.uint8)
