@@ -42,7 +42,8 @@ class IntFormat(NumberFormat):
             raise TypeError(f"signed and narrow must be bool, got signed={self.signed!r}, narrow={self.narrow!r}")
         if self.signed and self.bits < 2:
             raise ValueError("a signed IntFormat needs bits >= 2")
-        self.dtype_limits  # noqa: B018 - computed now, never inside a compiled region
+        for name in ("min_value", "max_value", "_code_mask", "dtype_limits"):
+            getattr(self, name)  # computed now, never inside a compiled region
 
     @property
     def default_saturating(self) -> bool:
@@ -65,13 +66,20 @@ class IntFormat(NumberFormat):
             return 2 ** (self.bits - 1) - 1
         return 2 ** self.bits - 1 - int(self.narrow)
 
-    @property
+    # Kernels read these precomputed floats, never ``bits``: compiling one function for int16 and
+    # then int32 makes ``bits`` a symbolic int (automatic dynamic), and 2^31 - 1 computed from it
+    # overflowed in the generated code (every int32 element came out as -2^31).
+    @functools.cached_property
     def max_value(self) -> float:
         return float(self.max_int)
 
-    @property
+    @functools.cached_property
     def min_value(self) -> float:
         return float(self.min_int)
+
+    @functools.cached_property
+    def _code_mask(self) -> int:
+        return 2 ** self.bits - 1
 
     @property
     def min_subnormal(self) -> float:
@@ -122,13 +130,13 @@ class IntFormat(NumberFormat):
         self, x: torch.Tensor, carrier: Carrier, rounding: str, saturating: bool,
         noise: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        q = round_to_integer(x, rounding, noise).clamp(self.min_int, self.max_int)
+        q = round_to_integer(x, rounding, noise).clamp(self.min_value, self.max_value)
         # Unsigned formats give +0 for -0 (and for negatives clamped to 0): ``abs`` keeps eager and
         # compiled kernels equal, where a clamp's choice between -0 and +0 differs.
         return q if self.signed else q.abs()
 
     def _codes_of(self, q: torch.Tensor, negative_nan: torch.Tensor) -> torch.Tensor:
-        return q.to(torch.int64) & (2 ** self.bits - 1)
+        return q.to(torch.int64) & self._code_mask
 
 
 def _toward_zero(value: int, dtype: torch.dtype) -> float:
