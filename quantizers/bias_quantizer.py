@@ -16,6 +16,7 @@ from torch import nn
 
 from .fake_quant import fake_quantize
 from .formats import IntFormat
+from .formats.carrier import compute_dtype
 from .tensor import IntQuantTensor
 
 
@@ -45,6 +46,6 @@ class BiasQuantizer(nn.Module):
     def forward(self, bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: torch.Tensor) -> IntQuantTensor:
         """``bias`` quantized at ``input_scale * weight_scale`` (both already shaped like ``bias``
         or 0-d); gradients reach ``bias`` straight through the rounding."""
-        scale = (input_scale * weight_scale).to(bias.dtype)
+        scale = (input_scale * weight_scale).to(compute_dtype(bias.dtype))  # float32 for half biases
         value_ = fake_quantize(bias, scale, self.fmt, None, self.rounding)
         return IntQuantTensor(value_=value_, scale_=scale, fmt=self.fmt)

@@ -42,7 +42,8 @@ def test_integers_of_17_to_32_bits_pack_and_unpack_exactly(bit_width):
         packed = qt.pack(check=check)
         assert packed.layout == "word32" and packed.codes.dtype == torch.int32
         assert _same(packed.unpack().value_, qt.value_)
-    bias = qz.quantize(torch.randn(8) * 1000, qz.Int32Bias, bit_width=bit_width)
+    bias_quant = qz.build_tensor_quantizer(qz.Int32Bias, bit_width=bit_width)
+    bias = bias_quant(torch.randn(8) * 1000, torch.tensor(0.5), torch.tensor(0.25))
     assert _same(bias.pack().unpack().value_, bias.value_)
     assert bias.pack().unpack().value_[:4].tolist() == bias.value_[:4].tolist()
 

@@ -26,17 +26,32 @@ import pytest
 import torch
 
 import quantizers as qz
-from quantizers.api import _one_shot_module
+from quantizers.api import one_shot_attributes
 from quantizers.formats import HiFloat8, IntFormat
-from quantizers.zoo.base import QuantizerConfigError
+from quantizers.zoo.build import build_quantizer
 from quantizers.zoo.catalog import predefined_quantizers
+from quantizers.zoo.errors import QuantizerConfigError
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+BIAS_INPUT_SCALE, BIAS_WEIGHT_SCALE = torch.tensor(0.02), torch.tensor(0.25)
+
+
+def _module(quantizer):
+    """The runtime module ``quantize`` uses (bias quantizers: the module layers call)."""
+    if quantizer.role == "bias":
+        return qz.build_tensor_quantizer(quantizer)
+    return build_quantizer(one_shot_attributes(quantizer, 2))
+
+
+def _quantize(x: torch.Tensor, quantizer):
+    if quantizer.role == "bias":  # the bias of an 8x64-output layer, at input scale x weight scale
+        return _module(quantizer)(x.reshape(-1), BIAS_INPUT_SCALE, BIAS_WEIGHT_SCALE)
+    return qz.quantize(x, quantizer)
 
 
 def _buildable(quantizer) -> bool:
     try:
-        _one_shot_module(quantizer, {}, 2)
+        _module(quantizer)
     except QuantizerConfigError:
         return False
     return True
@@ -125,13 +140,17 @@ def _round(y: torch.Tensor, fmt, mode: str) -> torch.Tensor:
 
 
 def _layout(tq, x: torch.Tensor, value_: torch.Tensor) -> torch.Tensor:
+    if not hasattr(tq, "granularity"):  # bias: one vector
+        return x.reshape(value_.shape)
     layout = tq.granularity.layout(x)
     return layout if layout.shape == value_.shape else x
 
 
 def _reference_scale(quantizer, tq, layout64: torch.Tensor, scale_: torch.Tensor):
     """The rule's scale in float64, rounded once to float32; None where the test takes the chosen one."""
-    if quantizer.role == "bias" or quantizer.range_method != "max":
+    if quantizer.role == "bias":  # fl32(input scale x weight scale)
+        return (BIAS_INPUT_SCALE.double() * BIAS_WEIGHT_SCALE.double()).float()
+    if quantizer.range_method != "max":
         return None
     dims = [d for d in range(layout64.ndim) if scale_.ndim == 0 or scale_.shape[d] == 1]
     amax = layout64.abs().amax(dim=dims, keepdim=True) if dims else layout64.abs()
@@ -188,7 +207,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _check_against_reference(quantizer, dtype, x, qt) -> None:
-    tq = _one_shot_module(quantizer, {}, 2)
+    tq = _module(quantizer)
     assert tq.fmt.default_saturating or isinstance(tq.fmt, IntFormat)
     assert qt.value_.dtype == dtype
     assert bool(torch.isfinite(qt.value_).all()), "finite input gave a non-finite output"
@@ -208,10 +227,10 @@ def test_every_quantizer_every_dtype_matches_float64_reference(quantizer, one_to
     the float64 reference; bfloat16/float16 scales equal those of the same values in float32."""
     for dtype in DTYPES:
         for name, x in _inputs(dtype).items():
-            qt = qz.quantize(x, quantizer)
+            qt = _quantize(x, quantizer)
             _check_against_reference(quantizer, dtype, x, qt)
             if dtype != torch.float32:
-                wide = qz.quantize(x.float(), quantizer)
+                wide = _quantize(x.float(), quantizer)
                 assert _same(qt.scale_, wide.scale_), f"{name}: {dtype} scale differs from float32's"
                 if name != "large":
                     assert _same(qt.value_, wide.value_.to(dtype)), f"{name}: {dtype} value differs"
@@ -232,10 +251,10 @@ def test_every_quantizer_every_dtype_compiled_equals_eager(quantizer, compiled_k
     for dtype in DTYPES:
         cases = _inputs(dtype)
         qz.set_compile_enabled(False)
-        eager = {name: qz.quantize(x, quantizer) for name, x in cases.items()}
+        eager = {name: _quantize(x, quantizer) for name, x in cases.items()}
         qz.set_compile_enabled(True)
         for name, x in cases.items():
-            compiled = qz.quantize(x, quantizer)
+            compiled = _quantize(x, quantizer)
             assert _same(compiled.value_, eager[name].value_), f"{dtype} {name}: value_ differs"
             assert _same(compiled.scale_, eager[name].scale_), f"{dtype} {name}: scale_ differs"
 
@@ -350,3 +369,16 @@ def test_unsigned_formats_give_positive_zero_eager_and_compiled(compiled_kernels
             assert bool(zeros[0, 0]) and not bool(torch.signbit(value[zeros]).any()), (compiled, quantizer)
     for name in ("uint8", "uint4"):
         assert not bool(torch.signbit(qz.get_format(name).quantize(torch.tensor([-0.0, -0.2]))).any())
+
+
+def test_int32_after_int16_in_one_compiled_kernel(compiled_kernels):
+    """Found by the compiled sweep: one compiled kernel used for int16 and then int32 made ``bits``
+    a symbolic int, and 2^31 - 1 computed from it overflowed (every int32 element was -2^31)."""
+    from quantizers.compile import compiled
+    from quantizers.fake_quant import fake_quantize
+    kernel = compiled(lambda x, s, fmt: fake_quantize(x, s, fmt))
+    x = torch.tensor([[-2.6, -1.0, 0.4, 3.5, 1e10]])
+    for bits in (8, 16, 32):
+        got = kernel(x, torch.tensor(1.0), qz.IntFormat(bits=bits))
+        top = {8: 127.0, 16: 32767.0, 32: 2.0 ** 31 - 128}[bits]  # int32's top in float32: 2^31 - 2^7
+        assert got.tolist() == [[-3.0, -1.0, 0.0, 4.0, top]], bits
