@@ -75,13 +75,12 @@ def test_half_and_double_quant_tensors_pack(quantizer, dtype):
 
 def test_bf16_int8_weights_pack_with_compiled_kernels():
     """P2: with compiled kernels (the default) bf16 int8 weights failed the pack check."""
-    previous = qz.compile_enabled()
     qz.set_compile_enabled(True)
     try:
         torch.manual_seed(0)
         qt = qz.quantize(torch.randn(64, 256).bfloat16(), qz.Int8WeightPerChannelFloat)
     finally:
-        qz.set_compile_enabled(previous)
+        qz.set_compile_enabled(None)  # back to the default policy
     assert _same(qt.pack().unpack().value_, qt.value_, signed_zero=False)
 
 

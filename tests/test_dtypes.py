@@ -222,7 +222,7 @@ def _check_against_reference(quantizer, dtype, x, qt) -> None:
 
 
 @pytest.mark.parametrize("quantizer", ZOO, ids=lambda q: q.__name__)
-def test_every_quantizer_every_dtype_matches_float64_reference(quantizer, one_torch_thread):
+def test_every_quantizer_every_dtype_matches_float64_reference(quantizer, one_torch_thread, eager_kernels):
     """Eager kernels: scales and elements of every zoo quantizer on float32/bfloat16/float16 equal
     the float64 reference; bfloat16/float16 scales equal those of the same values in float32."""
     for dtype in DTYPES:
@@ -238,10 +238,16 @@ def test_every_quantizer_every_dtype_matches_float64_reference(quantizer, one_to
 
 @pytest.fixture
 def compiled_kernels():
-    previous = qz.compile_enabled()
     qz.set_compile_enabled(True)
     yield
-    qz.set_compile_enabled(previous)
+    qz.set_compile_enabled(None)  # back to the default policy
+
+
+@pytest.fixture
+def eager_kernels():
+    qz.set_compile_enabled(False)
+    yield
+    qz.set_compile_enabled(None)
 
 
 @pytest.mark.slow
