@@ -75,7 +75,8 @@ def test_inplace_keeps_the_very_parameter_objects_and_ties():
     assert q is model
     assert q[1].weight is q[0].weight and list(q.parameters()) == params
     copied = quantize_model(nn.Sequential(*[m for m in [nn.Embedding(10, 8), nn.Linear(8, 10, bias=False)]]), {"weights": "Int8WeightPerTensorFloat"})
-    copied_tied = quantize_model(model, {"weights": "Int8WeightPerTensorFloat"})
+    with pytest.warns(UserWarning, match="already quantized"):  # model was quantized in place above
+        copied_tied = quantize_model(model, {"weights": "Int8WeightPerTensorFloat"})
     assert copied_tied[1].weight is copied_tied[0].weight and copied_tied[0].weight is not model[0].weight
     assert copied[1].weight is not copied[0].weight
 
