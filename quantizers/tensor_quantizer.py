@@ -265,7 +265,10 @@ class TensorQuantizer(nn.Module):
         if self.observer.is_initialized:  # OBSERVER in eval, FROZEN
             return self.observer.value(self.scaler.needs)
         if not self._warned_uncalibrated and not is_tracing():
-            logger.warning("static quantizer %s was never calibrated; using each batch's own range", self)
+            logger.warning(
+                "static quantizer (%s) was never calibrated; using each batch's own range "
+                "(run qlayers.calibrate first)", self.extra_repr(),
+            )
             self._warned_uncalibrated = True
         return self.statistic(x)
 

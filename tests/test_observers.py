@@ -125,6 +125,8 @@ def test_state_dict_without_observer_keys_leaves_it_uncalibrated(caplog):
         qt = layer.input_quant(t([1.0, -128.0]))
     assert qt.scale_.item() == 1.0  # falls back to the batch's own range
     assert "never calibrated" in caplog.text
+    message = next(r.getMessage() for r in caplog.records if "never calibrated" in r.getMessage())
+    assert "\n" not in message  # one line naming the quantizer, not its module repr (real-model friction 10)
 
 
 def test_quantizer_state_dict_round_trip_restores_the_eval_scale():
