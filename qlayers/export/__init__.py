@@ -1,0 +1,5 @@
+"""Artefacts of a quantized model: ONNX (:func:`export_onnx`)."""
+from .onnx import export_onnx
+from .onnx_weights import ExportError
+
+__all__ = ["export_onnx", "ExportError"]
