@@ -130,3 +130,128 @@ def test_weights_are_stored_as_low_bit_codes(weight_export):
     lookups = [node for node in proto.graph.node if node.op_type == "Gather"]
     assert {node.name for node in lookups} >= {f"layers.{index['HiFloat8WeightPerTensorFloat']}.weight.value_table_lookup"}
     assert all("value-table" in node.doc_string for node in lookups)
+
+
+# ---- activations -----------------------------------------------------------------------------------
+
+#: Activation quantizers standard ONNX cannot reproduce exactly: dynamic OCP MX / NVFP4 block scales
+#: (floor(log2(amax)) from the float's bits), and element formats with no QuantizeLinear type.
+UNSUPPORTED_ACTS = {
+    "MXFloat8e4m3Act": "dynamic group", "MXFloat8e5m2Act": "dynamic group", "MXFloat6e2m3Act": "float6_e2m3fn",
+    "MXFloat6e3m2Act": "float6_e3m2fn", "MXFloat4e2m1Act": "float4_e2m1fn", "MXInt8Act": "dynamic group",
+    "NVFloat4e2m1Act": "float4_e2m1fn", "Fp8e4m3Act": "e4m3(bias=7", "Fp8e5m2Act": "e5m2(bias=15",
+    "HiFloat8ActPerTensorFloat": "hifloat8",
+}
+SUPPORTED_ACTS = [q for q in ACT_QUANTIZERS if q.__name__ not in UNSUPPORTED_ACTS]
+ACT_SHAPE = (2, 6, 3, 8)  # (N, C, H, W): per-channel 2-d quantizers along C, per-token along W
+
+
+def test_unsupported_act_list_names_predefined_quantizers():
+    assert set(UNSUPPORTED_ACTS) <= {q.__name__ for q in ACT_QUANTIZERS}
+
+
+@pytest.fixture(scope="module")
+def act_export():
+    torch.manual_seed(1)
+    model = Fanout([qlayers.QuantIdentity(act_quant=q) for q in SUPPORTED_ACTS]).eval()
+    qlayers.calibrate(model, [torch.randn(ACT_SHAPE) * 3 for _ in range(2)])
+    x = torch.randn(ACT_SHAPE) * 3
+    return model, export_onnx(model, (x,), None)
+
+
+def test_every_exportable_act_quantizer_quantizes_bit_exactly_in_onnxruntime(act_export):
+    model, proto = act_export
+    x2 = torch.randn(ACT_SHAPE) * 4  # beyond the calibrated range too: saturation
+    x2[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 1e-30])
+    got = list(_run(proto, (x2,)).values())
+    for output, expected, quantizer in zip(got, model(x2), SUPPORTED_ACTS):
+        _assert_bits_equal(output, expected, quantizer.__name__, signed_zero=False)
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED_ACTS))
+def test_inexpressible_act_quantizers_raise_naming_layer_format_and_target(name, tmp_path):
+    quantizer = getattr(quantizers, name)
+    model = nn.Sequential(nn.Linear(8, 8), qlayers.QuantIdentity(act_quant=quantizer)).eval()
+    if quantizer.observer is not None:
+        qlayers.calibrate(model, [torch.randn(4, 8)])
+    path = tmp_path / "model.onnx"
+    with pytest.raises(ExportError, match=r"layer '1' \(QuantIdentity\) act_quant") as error:
+        export_onnx(model, (torch.randn(4, 8),), path)
+    assert UNSUPPORTED_ACTS[name].split()[-1] in str(error.value) and "supported" in str(error.value)
+    assert not path.exists()
+
+
+# ---- every layer kind ------------------------------------------------------------------------------
+
+
+class Zoo(nn.Module):
+    """One of each exportable layer, with per-tensor, per-channel and blocked weights, quantized
+    inputs, quantized biases and merge layers."""
+
+    def __init__(self):
+        super().__init__()
+        Q = quantizers
+        act = dict(input_quant=Q.Int8ActPerTensorFloat)
+        self.conv1 = qlayers.QuantConv1d(8, 6, 3, weight_quant=Q.Int8WeightPerChannelFloat, bias_quant=Q.Int32Bias, **act)
+        self.conv1b = qlayers.QuantConv1d(8, 6, 3, weight_quant=Q.MXFloat8e4m3Weight)
+        self.conv2 = qlayers.QuantConv2d(8, 6, 3, groups=2, padding=1, padding_mode="reflect",
+                                         weight_quant=Q.Int4WeightPerGroupFloat, weight_group_size=2)
+        self.conv3 = qlayers.QuantConv3d(4, 4, 2, weight_quant=Q.NVFloat4e2m1Weight, input_quant=Q.Fp8e4m3OCPActPerTensorFloat)
+        self.convt1 = qlayers.QuantConvTranspose1d(8, 4, 3, stride=2, weight_quant=Q.Int8WeightPerChannelFloat,
+                                                   bias_quant=Q.Int8Bias, **act)
+        self.convt2 = qlayers.QuantConvTranspose2d(8, 4, 3, stride=2, output_padding=1, weight_quant=Q.MXFloat4e2m1Weight)
+        self.convt3 = qlayers.QuantConvTranspose3d(4, 2, 2, weight_quant=Q.Fp8e5m2OCPWeightPerChannelFloat)
+        self.embedding = qlayers.QuantEmbedding(30, 12, weight_quant=Q.MXFloat6e2m3Weight)
+        self.linear = qlayers.QuantLinear(12, 5, weight_quant=Q.Uint4WeightPerGroupFloat, weight_group_size=4,
+                                          input_quant=Q.Int8ActPerTokenFloat)
+        self.relu = qlayers.QuantReLU()
+        self.sigmoid = qlayers.QuantSigmoid()
+        self.tanh = qlayers.QuantTanh()
+        self.hardtanh = qlayers.QuantHardTanh(act_quant=Q.Fp8e4m3OCPActPerTensorFloat)
+        self.add = qlayers.QuantEltwiseAdd()
+        self.cat = qlayers.QuantCat(input_quant=Q.Uint8ActPerTensorFloat)
+
+    def forward(self, x1, x2, x3, idx):
+        rows = self.embedding(idx)
+        return (
+            self.conv1(x1) + self.conv1b(x1), self.conv2(x2), self.conv3(x3), self.convt1(x1), self.convt2(x2), self.convt3(x3),
+            rows, self.linear(rows), self.relu(x1), self.sigmoid(x1), self.tanh(x1), self.hardtanh(x1),
+            self.add(x1, x1 * 0.5), self.cat([x2.relu(), x2.abs()], dim=1),
+        )
+
+
+def _zoo_inputs(seed):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, 8, 10, generator=generator), torch.randn(2, 8, 6, 6, generator=generator),
+            torch.randn(1, 4, 4, 4, 4, generator=generator), torch.randint(0, 30, (2, 5), generator=generator))
+
+
+@pytest.fixture(scope="module")
+def zoo_export():
+    torch.manual_seed(2)
+    model = Zoo().eval()
+    qlayers.calibrate(model, [_zoo_inputs(s) for s in (10, 11)], forward=lambda m, batch: m(*batch))
+    return model, export_onnx(model, _zoo_inputs(0), None)
+
+
+def test_every_layer_kind_exports_with_exact_weights_biases_and_activations(zoo_export):
+    model, proto = zoo_export
+    inputs = _zoo_inputs(1)
+    weights = [f"{name}.weight" for name in ("conv1", "conv1b", "conv2", "conv3", "convt1", "convt2", "convt3", "embedding", "linear")]
+    got = _run(proto, inputs, weights + ["conv1.bias", "convt1.bias"])
+    for name in weights:
+        layer = model.get_submodule(name.split(".")[0])
+        integer = isinstance(layer.quant_weight().fmt, quantizers.formats.IntFormat)
+        _assert_bits_equal(got[name], layer.quant_weight().value, name, signed_zero=not integer)
+    for name, x in (("conv1", inputs[0]), ("convt1", inputs[0])):
+        layer = model.get_submodule(name)
+        _assert_bits_equal(got[f"{name}.bias"], layer.quant_bias(layer.input_quant(x)).value, f"{name}.bias", signed_zero=False)
+    outputs = [got[o.name] for o in proto.graph.output]
+    expected = model(*inputs)
+    exact = {6, 8, 9, 10, 11, 12, 13}  # embedding rows, activations, add, cat: no reassociated sums
+    for i, (output, reference) in enumerate(zip(outputs, expected)):
+        if i in exact:
+            _assert_bits_equal(output, reference, f"output {i}", signed_zero=False)
+        else:
+            scale = reference.abs().max().item()
+            assert np.allclose(output, reference.detach().numpy(), rtol=0, atol=1e-5 * scale), f"output {i}"

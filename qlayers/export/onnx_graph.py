@@ -74,36 +74,30 @@ def set_opset(model, opset: int) -> None:
     model.ir_version = max(model.ir_version, IR_VERSION[opset])
 
 
+OWN_OPS = ("DequantizeLinear", "Mul", "Reshape", "Slice")  # what OnnxDequantize emits last
+
+
 def name_constants(model, owners: Set[str], notes: Dict[str, str]) -> None:
-    """Rename the value each owner's constant subgraph produces (an initializer chain
-    ``<owner>.codes`` / ``<owner>.scale`` / ... -> DequantizeLinear) to ``<owner>``, and label the
+    """Rename the value each owner's constant subgraph produces (initializers ``<owner>.codes``,
+    ``<owner>.scale``, ... -> DequantizeLinear, or Gather -> Mul) to ``<owner>``, and label the
     value-table Gathers (``notes[owner]`` is their description)."""
     graph = model.graph
     sources: Dict[str, Set[str]] = {init.name: {init.name.rpartition(".")[0]} for init in graph.initializer}
-    produced_by_constants: Dict[str, Set[str]] = {}
+    last: Dict[str, str] = {}
     for node in graph.node:
         inputs = [name for name in node.input if name]
         if inputs and all(name in sources for name in inputs):
             owner = set().union(*(sources[name] for name in inputs))
             for name in node.output:
                 sources[name] = owner
-                produced_by_constants[name] = owner
+            if len(owner) == 1 and node.op_type in OWN_OPS and next(iter(owner)) in owners:
+                last[next(iter(owner))] = node.output[0]
         if node.op_type == "Gather" and node.input[0].endswith(".value_table"):
             owner = node.input[0].rpartition(".")[0]
             node.name = f"{owner}.value_table_lookup"
             node.doc_string = f"qzoo value-table lowering: {notes.get(owner, '')}"
-    renames: Dict[str, str] = {}
     taken = {value for node in graph.node for value in list(node.input) + list(node.output)}
-    for node in graph.node:
-        if all(name in sources for name in node.input if name):
-            continue
-        for name in node.input:
-            owner = produced_by_constants.get(name)
-            if owner and len(owner) == 1:
-                (owner_name,) = owner
-                if owner_name in owners and owner_name not in taken and name not in renames:
-                    renames[name] = owner_name
-                    taken.add(owner_name)
+    renames = {value: owner for owner, value in last.items() if owner not in taken}
     for node in graph.node:
         for i, name in enumerate(node.input):
             node.input[i] = renames.get(name, name)
