@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 from . import compat
+from .export import ExportError, export_onnx
 from .model import calibrate, calibration_mode, load_config, quantization_disabled, quantize_model, summary
 
-__all__ += ["quantize_model", "load_config", "calibrate", "calibration_mode", "quantization_disabled", "summary", "compat"]
+__all__ += ["quantize_model", "load_config", "calibrate", "calibration_mode", "quantization_disabled", "summary", "compat", "export_onnx", "ExportError"]

@@ -10,6 +10,8 @@ with onnx's reference evaluator.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -255,3 +257,91 @@ def test_every_layer_kind_exports_with_exact_weights_biases_and_activations(zoo_
         else:
             scale = reference.abs().max().item()
             assert np.allclose(output, reference.detach().numpy(), rtol=0, atol=1e-5 * scale), f"output {i}"
+
+
+# ---- target="spec" -----------------------------------------------------------------------------------
+
+SPEC_QUANTIZERS = [
+    quantizers.MXFloat4e2m1Weight, quantizers.MXFloat6e2m3Weight, quantizers.MXFloat6e3m2Weight,
+    quantizers.MXFloat8e5m2Weight, quantizers.NVFloat4e2m1Weight, quantizers.MXInt8Weight,
+    quantizers.Int2WeightPerGroupFloat, quantizers.HiFloat8WeightPerTensorFloat,
+]
+
+
+@pytest.mark.slow
+def test_spec_target_stores_fp4_fp6_and_e8m0_and_the_reference_evaluator_gives_qzoo_weights():
+    from onnx.reference import ReferenceEvaluator
+
+    torch.manual_seed(3)
+    model = Fanout([qlayers.QuantLinear(IN_FEATURES, OUT_FEATURES, weight_quant=q) for q in SPEC_QUANTIZERS]).eval()
+    x = torch.randn(3, IN_FEATURES)
+    proto = export_onnx(model, (x,), None, target="spec")  # onnx.checker.check_model(full_check=True) inside
+    T = onnx.TensorProto
+    types = {init.name: init.data_type for init in proto.graph.initializer}
+    assert [types[f"layers.{i}.weight.codes"] for i in range(4)] == [T.FLOAT4E2M1, T.FLOAT6E2M3, T.FLOAT6E3M2, T.FLOAT8E5M2]
+    assert {types[f"layers.{i}.weight.scale"] for i in (0, 1, 2, 3, 5)} == {T.FLOAT8E8M0}
+    assert types["layers.4.weight.codes"] == T.FLOAT4E2M1 and types["layers.4.weight.scale"] == T.FLOAT8E4M3FN
+    assert {entry.version for entry in proto.opset_import if entry.domain == ""} == {28}  # FP6
+    names = [f"layers.{i}.weight" for i in range(len(SPEC_QUANTIZERS))]
+    for name in names:
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, T.FLOAT, None))
+    results = ReferenceEvaluator(proto).run(names, {"x": x.numpy()})
+    for got, layer, quantizer in zip(results, model.layers, SPEC_QUANTIZERS):
+        integer = isinstance(layer.quant_weight().fmt, quantizers.formats.IntFormat)
+        _assert_bits_equal(got, layer.quant_weight().value, quantizer.__name__, signed_zero=not integer)
+
+
+def test_spec_without_fp6_declares_opset_24_for_e8m0_scales():
+    model = nn.Sequential(qlayers.QuantLinear(64, 8, weight_quant=quantizers.MXFloat4e2m1Weight)).eval()
+    proto = export_onnx(model, (torch.randn(2, 64),), None, target="spec")
+    assert {entry.version for entry in proto.opset_import if entry.domain == ""} == {24}
+    assert proto.ir_version == 12
+
+
+# ---- shapes, errors ----------------------------------------------------------------------------------
+
+
+def test_dynamic_batch_runs_other_batch_sizes_and_leaves_the_model_as_it_was(tmp_path):
+    model = nn.Sequential(
+        qlayers.QuantLinear(16, 8, weight_quant=quantizers.Int4WeightPerGroupFloat, weight_group_size=8,
+                            input_quant=quantizers.Int8ActPerTokenFloat), nn.GELU(),
+    ).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path = tmp_path / "model.onnx"
+    export_onnx(model, (torch.randn(4, 16),), path, dynamic_shapes=({0: "batch"},))
+    assert model.training and isinstance(model[0], qlayers.QuantLinear)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = torch.randn(9, 16)
+    (got,) = _run(onnx.load(str(path)), (x,)).values()
+    assert np.allclose(got, model.eval()(x).detach().numpy(), rtol=0, atol=1e-6)
+
+
+class QuantUnknown(qlayers.QuantIdentity):
+    """A quantized layer with no export twin."""
+
+
+def test_unsupported_layer_raises_naming_it_before_writing(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(QuantUnknown(act_quant=quantizers.Int8ActPerTokenFloat)))
+    model[1][0].__class__ = type("QuantMystery", (qlayers.QuantLayer,), {"forward": lambda self, x: x})
+    path = tmp_path / "model.onnx"
+    with pytest.raises(ExportError, match=r"layer '1.0' \(QuantMystery\) is not supported.*QuantLinear"):
+        export_onnx(model, (torch.randn(2, 4),), path)
+    assert not path.exists()
+
+
+def test_uncalibrated_static_quantizer_raises_naming_the_layer(tmp_path):
+    model = nn.Sequential(qlayers.QuantLinear(4, 4, input_quant=quantizers.Int8ActPerTensorFloat))
+    path = tmp_path / "model.onnx"
+    with pytest.raises(ExportError, match=r"layer '0' \(QuantLinear\) input_quant: static quantizer was never calibrated.*calibrate"):
+        export_onnx(model, (torch.randn(2, 4),), path)
+    assert not path.exists()
+
+
+def test_calibration_mode_raises_and_bad_target_names_the_choices():
+    model = nn.Sequential(qlayers.QuantLinear(4, 4, input_quant=quantizers.Int8ActPerTensorFloat))
+    with warnings.catch_warnings(), qlayers.calibration_mode(model):
+        warnings.simplefilter("ignore")
+        with pytest.raises(ExportError, match="calibration mode"):
+            export_onnx(model, (torch.randn(2, 4),), None)
+    with pytest.raises(ValueError, match=r"target='tensorrt' is unknown; allowed values: 'ort', 'spec'"):
+        export_onnx(model, (torch.randn(2, 4),), None, target="tensorrt")

@@ -30,8 +30,7 @@ from torch import nn
 
 from quantizers import TensorQuantizer
 
-from .onnx_types import check_target
-from .onnx_weights import ExportError
+from .onnx_types import ExportError, check_target
 
 EXPORTER_OPSET = 23  # the newest opset torch.onnx.export writes; later ones are declared afterwards
 

@@ -27,7 +27,7 @@ from quantizers.tensor_quantizer import RangeSource, widen_statistic
 
 from . import onnx_ops
 from .onnx_types import quantize_type
-from .onnx_weights import ExportError
+from .onnx_types import ExportError
 
 ACTIVATION_SUPPORT = (
     "static per-tensor or per-channel integer (up to 16 bits) and FP8 (E4M3FN, E5M2, FNUZ) activations, "

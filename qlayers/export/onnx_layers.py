@@ -27,7 +27,8 @@ from ..linear import QuantLinear
 from ..merge import QuantCat, QuantEltwiseAdd
 from ..quant_layer import QuantLayer
 from .onnx_acts import OnnxQuantizeDequantize
-from .onnx_weights import ExportError, OnnxDequantize
+from .onnx_types import ExportError
+from .onnx_weights import OnnxDequantize
 
 SUPPORTED_LAYERS = (
     "QuantLinear, QuantConv1d/2d/3d, QuantConvTranspose1d/2d/3d, QuantEmbedding, QuantIdentity, QuantReLU, "

@@ -22,6 +22,10 @@ from quantizers.formats import FloatFormat, IntFormat, NumberFormat, get_format
 TARGETS = ("ort", "spec")
 
 
+class ExportError(ValueError):
+    """A model, layer or format that :func:`qlayers.export.export_onnx` cannot write exactly."""
+
+
 @dataclass(frozen=True)
 class OnnxElement:
     """An ONNX tensor element type: its ``TensorProto`` number, name, the first opset whose

@@ -28,11 +28,7 @@ from torch import nn
 from quantizers import QuantTensor
 
 from . import onnx_ops
-from .onnx_types import OnnxElement, element_type, supported_formats
-
-
-class ExportError(ValueError):
-    """A model, layer or format that :func:`qlayers.export.export_onnx` cannot write exactly."""
+from .onnx_types import ExportError, OnnxElement, element_type, supported_formats
 
 
 def _storage(element: OnnxElement, values: torch.Tensor) -> torch.Tensor:
