@@ -61,8 +61,8 @@ __all__ = [
     "BiasQuantizer", "dequantize",
 ]
 
-from . import compat
+from . import compat, ptq
 from .export import ExportError, export_onnx
 from .model import calibrate, calibration_mode, load_config, quantization_disabled, quantize_model, summary
 
-__all__ += ["quantize_model", "load_config", "calibrate", "calibration_mode", "quantization_disabled", "summary", "compat", "export_onnx", "ExportError"]
+__all__ += ["quantize_model", "load_config", "calibrate", "calibration_mode", "quantization_disabled", "summary", "compat", "ptq", "export_onnx", "ExportError"]

@@ -332,11 +332,11 @@ def _to_device(batch: Any, device: Optional[torch.device]) -> Any:
     return batch
 
 
-def _progress(batches: Iterable[Any], total: Optional[int], enabled: bool) -> Iterable[Any]:
+def _progress(batches: Iterable[Any], total: Optional[int], enabled: bool, desc: str = "calibrating") -> Iterable[Any]:
     if not enabled:
         return batches
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return batches
-    return tqdm(batches, total=total, desc="calibrating", leave=False)
+    return tqdm(batches, total=total, desc=desc, leave=False)

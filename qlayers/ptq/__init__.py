@@ -1,0 +1,64 @@
+"""Post-training quantization (PTQ) algorithms that run on a quantized model with calibration data.
+
+``qlayers.ptq.apply(model, data, algorithms=[...])`` runs algorithms in order, each given as a name
+or ``{name: {options}}`` (AMCT's style: ``'gptq'``, ``{'gptq': {'percdamp': 0.01}}``); each is also
+a function ``qlayers.ptq.<name>(model, data, **options)``. Every algorithm and the data are checked
+before any work starts: an algorithm that does not apply to a layer named in its ``layers`` option
+raises ``ValueError`` naming the layer and why, and so does data that is empty, on the wrong device
+or of the wrong shape (naming the first failing layer). The result is a
+:class:`~qlayers.ptq.report.PTQReport`: per layer, the output error before and after each algorithm.
+
+Example::
+
+    qmodel = qlayers.quantize_model(model, {"weights": {"format": "int4", "granularity": "group",
+                                                          "group_size": 128}})
+    report = qlayers.ptq.apply(qmodel, batches, algorithms=["gptq"])
+    print(report)
+
+Algorithms register themselves with :func:`~qlayers.ptq.registry.register`; the layer-by-layer
+runner (:mod:`~qlayers.ptq.runner`) holds one layer's inputs at a time, and under
+``torch.distributed`` the statistics are summed over ranks (:mod:`~qlayers.ptq.distributed`).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from torch import nn
+
+from .capture import CalibrationDataError, as_batches, capture_inputs, check_data
+from .distributed import all_reduce_count, all_reduce_sum, is_distributed
+from .registry import Algorithm, algorithm_names, get_algorithm, parse_algorithms, register
+from .report import LayerReport, PTQReport
+from .runner import eval_mode, output_error, run_layer_by_layer
+from .targets import select_layers
+
+
+def apply(model: nn.Module, data: Any, algorithms: Any, *, forward=None, progress: bool = True) -> PTQReport:
+    """Run ``algorithms`` (in order) on the quantized ``model`` with calibration ``data`` (an
+    iterable of batches; see :mod:`qlayers.ptq.capture`); returns the combined report.
+
+    ``algorithms``: a name, ``{name: options}``, or a list (or set) of those; see
+    :func:`algorithm_names` for what is registered. ``forward(model, batch)`` runs one batch when
+    the default conventions (tensor, ``(input, target)``, dict of keyword arguments) do not fit.
+    Everything is validated before any work starts.
+    """
+    parsed = parse_algorithms(algorithms)
+    if not parsed:
+        raise ValueError(f"algorithms is empty; give at least one of: {', '.join(algorithm_names())}")
+    batches = as_batches(data)
+    layers: Dict[str, nn.Module] = {}
+    for algorithm, options in parsed:
+        layers.update(algorithm.check(model, **options))
+    with eval_mode(model):
+        check_data(model, batches, {n: m for n, m in model.named_modules() if n in layers}, forward)
+    report = PTQReport()
+    for algorithm, options in parsed:
+        report = report + algorithm.function(model, batches, forward=forward, progress=progress, **options)
+    return report
+
+
+__all__ = [
+    "apply", "register", "algorithm_names", "get_algorithm", "parse_algorithms", "Algorithm",
+    "PTQReport", "LayerReport", "CalibrationDataError", "run_layer_by_layer", "capture_inputs", "check_data",
+    "as_batches", "select_layers", "output_error", "eval_mode", "all_reduce_sum", "all_reduce_count", "is_distributed",
+]
