@@ -112,7 +112,8 @@ class QuantSigmoid(QuantActivation, nn.Sigmoid):
 
 
 class QuantTanh(QuantActivation, nn.Tanh):
-    """``act_quant(tanh(x))``."""
+    """``act_quant(tanh(x))``; outputs lie in (-1, 1), so the default is the signed
+    ``Int8ActPerTensorFloat``."""
 
     float_class = nn.Tanh
 

@@ -43,6 +43,9 @@ class FloatQuant(Quantizer):
 
 
 class Fp8e4m3Mixin(Quantizer):
+    """FP8 E4M3 elements: 8 bits (1 sign, 4 exponent, 3 mantissa), bias 7, ``v = 2^(e-7) (1 + m/8)``;
+    largest value 448 with OCP specials, 480 without (``FpNoSpecialsMixin``), 240 as FNUZ (bias 8)."""
+
     quant_type = "float"
     bit_width = 8
     exponent_bit_width = 4
@@ -50,6 +53,9 @@ class Fp8e4m3Mixin(Quantizer):
 
 
 class Fp8e5m2Mixin(Quantizer):
+    """FP8 E5M2 elements: 8 bits (1 sign, 5 exponent, 2 mantissa), bias 15, ``v = 2^(e-15) (1 + m/4)``;
+    largest value 57344 with OCP/IEEE specials, 114688 without (``FpNoSpecialsMixin``)."""
+
     quant_type = "float"
     bit_width = 8
     exponent_bit_width = 5
@@ -57,6 +63,9 @@ class Fp8e5m2Mixin(Quantizer):
 
 
 class Fp6e2m3Mixin(Quantizer):
+    """FP6 E2M3 elements (OCP MX): 6 bits (1 sign, 2 exponent, 3 mantissa), bias 1, no specials;
+    ``v = 2^(e-1) (1 + m/8)``, largest value 7.5."""
+
     quant_type = "float"
     bit_width = 6
     exponent_bit_width = 2
@@ -64,6 +73,9 @@ class Fp6e2m3Mixin(Quantizer):
 
 
 class Fp6e3m2Mixin(Quantizer):
+    """FP6 E3M2 elements (OCP MX): 6 bits (1 sign, 3 exponent, 2 mantissa), bias 3, no specials;
+    ``v = 2^(e-3) (1 + m/4)``, largest value 28."""
+
     quant_type = "float"
     bit_width = 6
     exponent_bit_width = 3
@@ -71,6 +83,9 @@ class Fp6e3m2Mixin(Quantizer):
 
 
 class Fp4e2m1Mixin(Quantizer):
+    """FP4 E2M1 elements (OCP MX, NVFP4): 4 bits (1 sign, 2 exponent, 1 mantissa), bias 1, no
+    specials; magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6."""
+
     quant_type = "float"
     bit_width = 4
     exponent_bit_width = 2
@@ -154,6 +169,8 @@ class BiasQuant(Quantizer):
 
 
 class PerTensor(Quantizer):
+    """One scale (and zero point) for the whole tensor: ``s`` from the statistic of all its elements."""
+
     granularity = "tensor"
 
 

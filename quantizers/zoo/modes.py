@@ -19,7 +19,8 @@ class Mode(str, Enum):
 
 
 class Role(Mode):
-    """Which tensor a quantizer is for."""
+    """Which tensor a quantizer is for: ``weight``, ``act`` (activation) or ``bias`` (whose scale is
+    input scale x weight scale)."""
 
     WEIGHT = "weight"  # parameters: range from the tensor at every call (cached by layers in eval)
     ACT = "act"  # activations: static (observer) or dynamic ranges
@@ -103,7 +104,8 @@ class FullRangeDivisor(Mode):
 
 
 class ZeroPointFormulation(Mode):
-    """Asymmetric integer schemes."""
+    """How an asymmetric integer quantizer stores its offset: ``zp`` (integer zero point,
+    ``x = (q - z) s``) or ``minval`` (coreai_opt, ``x = (q - min_int) s + min``)."""
 
     ZP = "zp"  # integer zero point: x = (q - z) * s
     MINVAL = "minval"  # coreai_opt's MINVAL: x = (q - min_int) * s + min

@@ -320,35 +320,39 @@ class MXFloat8e4m3WeightMSE(MSERange, MXFloat8e4m3Weight):
 
 
 class MXFloat8e5m2Weight(Fp8e5m2Mixin, FpOCPMixin, WeightQuant, MXScaling):
-    """MXFP8 (E5M2) weights."""
+    """MXFP8 (E5M2) weights: blocks of 32 input channels, E8M0 scale ``2^(floor(log2 amax) - 15)``."""
 
 
 class MXFloat8e5m2Act(Fp8e5m2Mixin, FpOCPMixin, DynamicActQuant, MXScaling):
-    """MXFP8 (E5M2) activations, dynamic."""
+    """MXFP8 (E5M2) activations, dynamic: blocks of 32 along the reduction axis, E8M0 scale
+    ``2^(floor(log2 amax) - 15)`` from each input."""
 
 
 class MXFloat6e2m3Weight(Fp6e2m3Mixin, FpOCPMixin, WeightQuant, MXScaling):
-    """MXFP6 (E2M3) weights."""
+    """MXFP6 (E2M3) weights: blocks of 32 input channels, E8M0 scale ``2^(floor(log2 amax) - 2)``."""
 
 
 class MXFloat6e2m3Act(Fp6e2m3Mixin, FpOCPMixin, DynamicActQuant, MXScaling):
-    """MXFP6 (E2M3) activations, dynamic."""
+    """MXFP6 (E2M3) activations, dynamic: blocks of 32 along the reduction axis, E8M0 scale
+    ``2^(floor(log2 amax) - 2)`` from each input."""
 
 
 class MXFloat6e3m2Weight(Fp6e3m2Mixin, FpOCPMixin, WeightQuant, MXScaling):
-    """MXFP6 (E3M2) weights."""
+    """MXFP6 (E3M2) weights: blocks of 32 input channels, E8M0 scale ``2^(floor(log2 amax) - 4)``."""
 
 
 class MXFloat6e3m2Act(Fp6e3m2Mixin, FpOCPMixin, DynamicActQuant, MXScaling):
-    """MXFP6 (E3M2) activations, dynamic."""
+    """MXFP6 (E3M2) activations, dynamic: blocks of 32 along the reduction axis, E8M0 scale
+    ``2^(floor(log2 amax) - 4)`` from each input."""
 
 
 class MXFloat4e2m1Weight(Fp4e2m1Mixin, FpOCPMixin, WeightQuant, MXScaling):
-    """MXFP4 (E2M1) weights."""
+    """MXFP4 (E2M1) weights: blocks of 32 input channels, E8M0 scale ``2^(floor(log2 amax) - 2)``."""
 
 
 class MXFloat4e2m1Act(Fp4e2m1Mixin, FpOCPMixin, DynamicActQuant, MXScaling):
-    """MXFP4 (E2M1) activations, dynamic."""
+    """MXFP4 (E2M1) activations, dynamic: blocks of 32 along the reduction axis, E8M0 scale
+    ``2^(floor(log2 amax) - 2)`` from each input."""
 
 
 class MXInt8Weight(NarrowIntQuant, WeightQuant, MXScaling):
@@ -359,7 +363,8 @@ class MXInt8Weight(NarrowIntQuant, WeightQuant, MXScaling):
 
 
 class MXInt8Act(NarrowIntQuant, DynamicActQuant, MXScaling):
-    """OCP MXINT8 activations, dynamic."""
+    """OCP MXINT8 activations, dynamic: elements k/64 with |k| <= 127, blocks of 32 along the
+    reduction axis, scale ``2^floor(log2 amax)`` from each input."""
 
     bit_width = 8
 
@@ -369,7 +374,8 @@ class NVFloat4e2m1Weight(Fp4e2m1Mixin, FpOCPMixin, WeightQuant, NVFP4Scaling):
 
 
 class NVFloat4e2m1Act(Fp4e2m1Mixin, FpOCPMixin, DynamicActQuant, NVFP4Scaling):
-    """NVFP4 activations, dynamic."""
+    """NVFP4 activations, dynamic: FP4 E2M1 elements, blocks of 16 with an E4M3 scale times an fp32
+    tensor scale, both from each input."""
 
 
 # ---- HiFloat8 ---------------------------------------------------------------------------------------
