@@ -31,7 +31,9 @@ def _need_jupyter():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_and_its_committed_outputs_are_current(path):
     _need_jupyter()
-    problems, _ = nbtools.check(path)  # a failing cell raises CellExecutionError naming it
+    # A failing cell raises CellExecutionError naming it. The suite runs beside other jobs on CI's
+    # 2 cores, so it allows a third over the 90 s budget that `refresh` enforces.
+    problems, _ = nbtools.check(path, budget_s=nbtools.BUDGET_S * 4 / 3)
     assert not problems, "\n".join(problems + [f"refresh with: {nbtools.REFRESH_COMMAND} {path.stem}"])
 
 

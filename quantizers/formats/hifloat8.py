@@ -36,7 +36,8 @@ _PREFIXES = ((0b11, 2, 4), (0b10, 2, 3), (0b01, 2, 2), (0b001, 3, 1), (0b0001, 4
 
 @dataclass(frozen=True)
 class HiFloat8(ByteFormat):
-    """HiFloat8 with a choice of overflow policy.
+    """HiFloat8 (HiF8): 8-bit tapered float, values from 2^-22 to 32768 with 3 mantissa bits near 1 and
+    fewer towards both ends, with a choice of overflow policy.
 
     Rounding defaults to ``"away"`` (ties away from zero, the HiF8 specification's rounding). Overflow:
     ``saturating=True`` (default, as Ascend's cast) clamps to ±32768; ``saturating=False`` follows the

@@ -175,7 +175,7 @@ class FpFNUZWeightPerTensorFloat(FloatQuant, FpFNUZMixin, WeightQuant, PerTensor
 
 
 class FpFNUZWeightPerChannelFloat(FloatQuant, FpFNUZMixin, WeightQuant, PerChannel, FloatScaling):
-    """FNUZ minifloat weights, one scale per output channel."""
+    """FNUZ minifloat weights, one scale ``s = max|w_c| / max_format`` per output channel ``c``."""
 
 
 class FpFNUZActPerTensorFloat(FloatQuant, FpFNUZMixin, MaxActQuant, PerTensor, FloatScaling):
@@ -195,11 +195,13 @@ class Fp8e4m3OCPWeightPerChannelFloat(Fp8e4m3Mixin, FpOCPWeightPerChannelFloat):
 
 
 class Fp8e4m3OCPActPerTensorFloat(Fp8e4m3Mixin, FpOCPActPerTensorFloat):
-    """OCP FP8 E4M3 activations, static per-tensor scale."""
+    """OCP FP8 E4M3 activations, static per-tensor scale ``s = r / 448``,
+    ``r`` the calibrated range (mean over batches of each batch's ``max|x|``)."""
 
 
 class Fp8e4m3OCPActPerChannelFloat2d(Fp8e4m3Mixin, FpOCPActPerChannelFloat2d):
-    """OCP FP8 E4M3 activations, static per-channel scale."""
+    """OCP FP8 E4M3 activations, static per-channel scale ``s = r / 448``,
+    ``r`` the calibrated range (mean over batches of each batch's ``max|x_c|`` per channel ``c``)."""
 
 
 class Fp8e5m2OCPWeightPerTensorFloat(Fp8e5m2Mixin, FpOCPWeightPerTensorFloat):
@@ -207,47 +209,53 @@ class Fp8e5m2OCPWeightPerTensorFloat(Fp8e5m2Mixin, FpOCPWeightPerTensorFloat):
 
 
 class Fp8e5m2OCPWeightPerChannelFloat(Fp8e5m2Mixin, FpOCPWeightPerChannelFloat):
-    """OCP FP8 E5M2 weights, per-channel scale."""
+    """OCP FP8 E5M2 weights, per-channel scale ``s = max|w| / 57344``."""
 
 
 class Fp8e5m2OCPActPerTensorFloat(Fp8e5m2Mixin, FpOCPActPerTensorFloat):
-    """OCP FP8 E5M2 activations, static per-tensor scale."""
+    """OCP FP8 E5M2 activations, static per-tensor scale ``s = r / 57344``,
+    ``r`` the calibrated range (mean over batches of each batch's ``max|x|``)."""
 
 
 class Fp8e5m2OCPActPerChannelFloat2d(Fp8e5m2Mixin, FpOCPActPerChannelFloat2d):
-    """OCP FP8 E5M2 activations, static per-channel scale."""
+    """OCP FP8 E5M2 activations, static per-channel scale ``s = r / 57344``,
+    ``r`` the calibrated range (mean over batches of each batch's ``max|x_c|`` per channel ``c``)."""
 
 
 class Fp8e4m3FNUZWeightPerTensorFloat(Fp8e4m3Mixin, FpFNUZWeightPerTensorFloat):
-    """FNUZ FP8 E4M3 weights (max 240), per-tensor scale."""
+    """FNUZ FP8 E4M3 weights, per-tensor scale ``s = max|w| / 240``."""
 
 
 class Fp8e4m3FNUZWeightPerChannelFloat(Fp8e4m3Mixin, FpFNUZWeightPerChannelFloat):
-    """FNUZ FP8 E4M3 weights, per-channel scale."""
+    """FNUZ FP8 E4M3 weights, per-channel scale ``s = max|w| / 240``."""
 
 
 class Fp8e4m3FNUZActPerTensorFloat(Fp8e4m3Mixin, FpFNUZActPerTensorFloat):
-    """FNUZ FP8 E4M3 activations, static per-tensor scale."""
+    """FNUZ FP8 E4M3 activations, static per-tensor scale ``s = r / 240``,
+    ``r`` the calibrated range (mean over batches of each batch's ``max|x|``)."""
 
 
 class Fp8e4m3FNUZActPerChannelFloat2d(Fp8e4m3Mixin, FpFNUZActPerChannelFloat2d):
-    """FNUZ FP8 E4M3 activations, static per-channel scale."""
+    """FNUZ FP8 E4M3 activations, static per-channel scale ``s = r / 240``,
+    ``r`` the calibrated range (mean over batches of each batch's ``max|x_c|`` per channel ``c``)."""
 
 
 class Fp8e5m2FNUZWeightPerTensorFloat(Fp8e5m2Mixin, FpFNUZWeightPerTensorFloat):
-    """FNUZ FP8 E5M2 weights, per-tensor scale."""
+    """FNUZ FP8 E5M2 weights, per-tensor scale ``s = max|w| / 57344``."""
 
 
 class Fp8e5m2FNUZWeightPerChannelFloat(Fp8e5m2Mixin, FpFNUZWeightPerChannelFloat):
-    """FNUZ FP8 E5M2 weights, per-channel scale."""
+    """FNUZ FP8 E5M2 weights, per-channel scale ``s = max|w| / 57344``."""
 
 
 class Fp8e5m2FNUZActPerTensorFloat(Fp8e5m2Mixin, FpFNUZActPerTensorFloat):
-    """FNUZ FP8 E5M2 activations, static per-tensor scale."""
+    """FNUZ FP8 E5M2 activations, static per-tensor scale ``s = r / 57344``,
+    ``r`` the calibrated range (mean over batches of each batch's ``max|x|``)."""
 
 
 class Fp8e5m2FNUZActPerChannelFloat2d(Fp8e5m2Mixin, FpFNUZActPerChannelFloat2d):
-    """FNUZ FP8 E5M2 activations, static per-channel scale."""
+    """FNUZ FP8 E5M2 activations, static per-channel scale ``s = r / 57344``,
+    ``r`` the calibrated range (mean over batches of each batch's ``max|x_c|`` per channel ``c``)."""
 
 
 class Fp8e4m3OCPActPerTokenFloat(Fp8e4m3Mixin, FloatQuant, FpOCPMixin, DynamicActQuant, PerToken, FloatScaling):
@@ -281,11 +289,13 @@ class Fp8e5m2OCPWeight(Fp8e5m2Mixin, FpOCPMixin, WeightQuant, NoScaling):
 
 
 class Fp8e4m3OCPAct(Fp8e4m3Mixin, FpOCPMixin, DynamicActQuant, NoScaling):
-    """OCP FP8 E4M3 activations cast without scaling."""
+    """OCP FP8 E4M3 activations cast without scaling (``s = 1``): ``x`` rounded onto the
+    format's grid, saturating at ±448."""
 
 
 class Fp8e5m2OCPAct(Fp8e5m2Mixin, FpOCPMixin, DynamicActQuant, NoScaling):
-    """OCP FP8 E5M2 activations cast without scaling."""
+    """OCP FP8 E5M2 activations cast without scaling (``s = 1``): ``x`` rounded onto the
+    format's grid, saturating at ±57344."""
 
 
 class Fp8e4m3FNUZWeight(Fp8e4m3Mixin, FpFNUZMixin, WeightQuant, NoScaling):
@@ -297,11 +307,13 @@ class Fp8e5m2FNUZWeight(Fp8e5m2Mixin, FpFNUZMixin, WeightQuant, NoScaling):
 
 
 class Fp8e4m3FNUZAct(Fp8e4m3Mixin, FpFNUZMixin, DynamicActQuant, NoScaling):
-    """FNUZ FP8 E4M3 activations cast without scaling."""
+    """FNUZ FP8 E4M3 activations cast without scaling (``s = 1``): ``x`` rounded onto the
+    format's grid, saturating at ±240."""
 
 
 class Fp8e5m2FNUZAct(Fp8e5m2Mixin, FpFNUZMixin, DynamicActQuant, NoScaling):
-    """FNUZ FP8 E5M2 activations cast without scaling."""
+    """FNUZ FP8 E5M2 activations cast without scaling (``s = 1``): ``x`` rounded onto the
+    format's grid, saturating at ±57344."""
 
 
 # ---- OCP MX and NVFP4 -------------------------------------------------------------------------------
