@@ -5,6 +5,11 @@
   first ``# heading``; a new notebook needs no edit here or in ``mkdocs.yml``.
 - **API reference**: the pages of :mod:`tools.docs_api` (from ``quantizers.__all__``,
   ``qlayers.__all__`` and the public subpackages), generated in memory at every build.
+- **Included sections**: a line ``<!-- include: PATH#Heading -->`` becomes the body of that
+  section of the Markdown file PATH (relative to the repository root; the heading line itself is
+  left out, sub-sections are kept); ``#Heading...`` also takes every section after it. So the README
+  and ``benchmarks/README.md`` stay the one copy of what they say. Links to ``docs/...`` are made
+  relative to the site; other repository paths become code.
 - **Dialect examples**: a line ``<!-- dialect: NAME -->`` in a page becomes the original config of
   :data:`DIALECT_EXAMPLES` beside what ``qlayers.compat.NAME.translate`` returns for it at build time.
 """
@@ -98,7 +103,43 @@ def on_post_page(output, page, config):
     return output
 
 
+_INCLUDE = re.compile(r"^<!-- include: (\S+?)#(.+?)(\.\.\.)? -->$", re.MULTILINE)
+_HEADING = re.compile(r"^(#{1,6}) (.+?)\s*$")
+_LINK = re.compile(r"\[([^\]]+)\]\((?!https?:|#|mailto:)([^)\s]+)\)")
+
+
+def section(path: str, heading: str, following: bool = False) -> str:
+    """The body of the section titled ``heading`` of the Markdown file ``path`` (repository-relative),
+    up to the next heading of the same or a higher level (to the end with ``following``)."""
+    lines = (ROOT / path).read_text().splitlines()
+    fenced, start, level = False, None, None
+    body = []
+    for line in lines:
+        fenced ^= line.startswith("```")
+        match = None if fenced else _HEADING.match(line)
+        if start is None:
+            if match and match.group(2) == heading:
+                start, level = True, len(match.group(1))
+            continue
+        if match and len(match.group(1)) <= level and not following:
+            break
+        body.append(line)
+    if start is None:
+        raise ValueError(f"{path} has no section {heading!r}")
+    def link(m):
+        target = m.group(2)
+        return f"[{m.group(1)}]({target[len('docs/'):]})" if target.startswith("docs/") else f"{m.group(1)} (`{target}`)"
+    return _LINK.sub(link, "\n".join(body).strip("\n"))
+
+
 def on_page_markdown(markdown, page, config, files):
+    def include(match):
+        try:
+            return section(match.group(1), match.group(2), bool(match.group(3)))
+        except (OSError, ValueError) as error:
+            log.warning("%s: cannot include %s#%s: %s", page.file.src_uri, match.group(1), match.group(2), error)
+            return ""
+    markdown = _INCLUDE.sub(include, markdown)
     return _DIALECT.sub(lambda match: dialect_markdown(match.group(1)), markdown)
 
 
