@@ -124,8 +124,37 @@ def scaling() -> None:
     save(fig, "scaling.png")
 
 
+def groupwise_layout() -> None:
+    """A (4, 10) tensor in groups of 4 along dim 1: value_ is (4, 3, 4) with 2 padded columns,
+    scale_ is (4, 3, 1); the shapes are read from the QuantTensor itself."""
+    x = torch.randn(4, 10, generator=torch.Generator().manual_seed(1))
+    q = qz.quantize(x, qz.Int4WeightPerGroupFloat, group_size=4)
+    rows, groups, size = q.value_.shape
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 2.6), gridspec_kw={"width_ratios": [groups * size + 1, 3]})
+    for r in range(rows):
+        for g in range(groups):
+            for k in range(size):
+                col = g * size + k
+                padded = col >= x.shape[1]
+                left.add_patch(plt.Rectangle((col, rows - 1 - r), 0.95, 0.95, color=f"C{g}", alpha=0.25 if padded else 0.7,
+                                             hatch="//" if padded else None, fill=True))
+            right.add_patch(plt.Rectangle((g, rows - 1 - r), 0.95, 0.95, color=f"C{g}", alpha=0.7))
+    left.set_xlim(0, groups * size)
+    left.set_ylim(0, rows)
+    right.set_xlim(0, groups)
+    right.set_ylim(0, rows)
+    left.set_title(f"value_: {tuple(q.value_.shape)} (x is {tuple(x.shape)}; hatched = zero padding)", fontsize=9)
+    right.set_title(f"scale_: {tuple(q.scale_.shape)}", fontsize=9)
+    for ax in (left, right):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal")
+    save(fig, "groupwise_layout.png")
+
+
 if __name__ == "__main__":
     value_grids()
     mx_block()
     granularity()
     scaling()
+    groupwise_layout()
