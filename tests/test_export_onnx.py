@@ -136,16 +136,15 @@ def test_weights_are_stored_as_low_bit_codes(weight_export):
 
 # ---- activations -----------------------------------------------------------------------------------
 
-#: Activation quantizers standard ONNX cannot reproduce exactly: dynamic OCP MX / NVFP4 block scales
-#: (floor(log2(amax)) from the float's bits), and element formats with no QuantizeLinear type.
+#: Activation quantizers standard ONNX cannot reproduce exactly: element formats with no
+#: QuantizeLinear type in onnxruntime (FP4, FP6, HiFloat8, FP8 without special codes).
 UNSUPPORTED_ACTS = {
-    "MXFloat8e4m3Act": "dynamic group", "MXFloat8e5m2Act": "dynamic group", "MXFloat6e2m3Act": "float6_e2m3fn",
-    "MXFloat6e3m2Act": "float6_e3m2fn", "MXFloat4e2m1Act": "float4_e2m1fn", "MXInt8Act": "dynamic group",
+    "MXFloat6e2m3Act": "float6_e2m3fn", "MXFloat6e3m2Act": "float6_e3m2fn", "MXFloat4e2m1Act": "float4_e2m1fn",
     "NVFloat4e2m1Act": "float4_e2m1fn", "Fp8e4m3Act": "e4m3(bias=7", "Fp8e5m2Act": "e5m2(bias=15",
     "HiFloat8ActPerTensorFloat": "hifloat8",
 }
 SUPPORTED_ACTS = [q for q in ACT_QUANTIZERS if q.__name__ not in UNSUPPORTED_ACTS]
-ACT_SHAPE = (2, 6, 3, 8)  # (N, C, H, W): per-channel 2-d quantizers along C, per-token along W
+ACT_SHAPE = (2, 6, 3, 40)  # (N, C, H, W): per-channel 2-d along C, per-token and MX blocks (32 + 8) along W
 
 
 def test_unsupported_act_list_names_predefined_quantizers():
@@ -165,6 +164,10 @@ def test_every_exportable_act_quantizer_quantizes_bit_exactly_in_onnxruntime(act
     model, proto = act_export
     x2 = torch.randn(ACT_SHAPE) * 4  # beyond the calibrated range too: saturation
     x2[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 1e-30])
+    x2[0, 0, 1] = 0.0  # an all-zero MX block: scale 2^-127
+    x2[0, 1, 0, :32] *= 2.0 ** torch.arange(-16, 16)  # MX blocks whose maximum is a power of two: floor(log2) exactly
+    x2[0, 1, 1, :32] = 2.0 ** torch.arange(-20, 12).float() * (1 - 2.0 ** -24)  # ... and one ulp below
+    x2[0, 1, 2, :32] = 2.0 ** torch.arange(-20, 12).float()
     got = list(_run(proto, (x2,)).values())
     for output, expected, quantizer in zip(got, model(x2), SUPPORTED_ACTS):
         _assert_bits_equal(output, expected, quantizer.__name__, signed_zero=False)

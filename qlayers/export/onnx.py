@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from quantizers import TensorQuantizer
+from quantizers.compile import wait_for_compiles
 
 from .onnx_types import ExportError, check_target
 
@@ -89,7 +90,7 @@ def _check_model(model: nn.Module) -> None:
 @contextlib.contextmanager
 def _quiet_exporter():
     """The exporter's progress lines and warnings about optional packages, silenced."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "torch.__trace")]
     levels = [logger.level for logger in loggers]
     try:
         for logger in loggers:
@@ -162,6 +163,9 @@ def export_onnx(
             for name, twin in twins.items() for child, module in twin.named_children() if isinstance(module, OnnxDequantize)
         }
         opset = max([EXPORTER_OPSET] + [c.opset for c in constants.values()])
+        # torch.export patches module calls process-wide while it traces: a kernel the background
+        # compiler compiles meanwhile would fail (and fall back to eager for good), so let it finish
+        wait_for_compiles()
         with swapped(model, twins) as export_model, _quiet_exporter():
             program = torch.onnx.export(
                 export_model, example_inputs, dynamo=True, opset_version=EXPORTER_OPSET, optimize=False,

@@ -6,12 +6,17 @@
   constant scale and zero point, per tensor or per channel (1-D scale along the channel axis);
 - dynamic per-tensor or per-token ranges: the graph computes ``amax = max |x|`` (NaN/Inf read as
   0) and the scale rule (``amax / 127``, ``amax / 448``, 1 where ``amax`` is 0) with the same
-  float32 operations as qzoo, then a blocked ``QuantizeLinear`` (one block = one token).
+  float32 operations as qzoo, then a blocked ``QuantizeLinear`` (one block = one token);
+- dynamic OCP MX activations with FP8 or INT8 elements (MXFP8, MXINT8, FLOOR rule): the E8M0
+  block scales computed in the graph (:func:`mx_scale`), then a blocked ``QuantizeLinear``
+  (``block_size=32``).
 
 Integer activations quantize to INT8/UINT8/INT16 and a ``Clip`` narrows the codes to the
 format's range where it is narrower (INT4, narrow-range INT8); rounding to nearest even and
 clamping commute for integer bounds, so this equals qzoo's clamp-then-round. Float activations need
-an FP8 type with exactly the format's values. Anything else raises :class:`ExportError`.
+an FP8 type with exactly the format's values. Anything else raises :class:`ExportError`. NaN
+inputs of integer activations are not exact (QuantizeLinear of NaN to an integer type is not
+defined; qzoo keeps NaN).
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from torch import nn
 
 from quantizers import TensorQuantizer
 from quantizers.formats import IntFormat
-from quantizers.scaling.scalers import FloatScaler, IntScaler, UnitScaler
+from quantizers.scaling.block_scales import E8M0_MAX_EXPONENT, E8M0_MIN_EXPONENT, element_emax
+from quantizers.scaling.scalers import FloatScaler, IntScaler, MXScaler, UnitScaler
 from quantizers.tensor_quantizer import RangeSource, widen_statistic
 
 from . import onnx_ops
@@ -31,7 +37,8 @@ from .onnx_types import ExportError
 
 ACTIVATION_SUPPORT = (
     "static per-tensor or per-channel integer (up to 16 bits) and FP8 (E4M3FN, E5M2, FNUZ) activations, "
-    "dynamic per-tensor or per-token integer and FP8 activations with scale amax / max"
+    "dynamic per-tensor or per-token integer and FP8 activations with scale amax / max, "
+    "dynamic OCP MX activations with FP8 or INT8 elements (MXFP8, MXINT8; FLOOR scale rule)"
 )
 
 
@@ -72,7 +79,7 @@ class OnnxQuantizeDequantize(nn.Module):
         elif _is_dynamic(quantizer, where):
             _check_dynamic(quantizer, where)
             self.dynamic = quantizer
-            self.axis = quantizer.granularity.resolve_axis(sample.ndim) if quantizer.granularity.kind == "token" else 0
+            self.axis = quantizer.granularity.resolve_axis(sample.ndim) if quantizer.granularity.kind != "tensor" else 0
             self.register_buffer("scale", None)
             self.register_buffer("zero_point", None)
             return
@@ -101,8 +108,11 @@ class OnnxQuantizeDequantize(nn.Module):
                 x, self.scale, self.zero_point, self.format_name, self.onnx_type, self.axis, 0, self.clip, self.saturate
             )
         quantizer = self.dynamic
-        scale = quantizer.scaler(quantizer.granularity.amax(x.float())).scale
-        block = x.shape[self.axis] if scale.dim() else 0
+        if isinstance(quantizer.scaler, MXScaler):
+            scale, block = mx_scale(x.float(), quantizer), quantizer.granularity.group_size
+        else:
+            scale = quantizer.scaler(quantizer.granularity.amax(x.float())).scale
+            block = x.shape[self.axis] if scale.dim() else 0
         return onnx_ops.quantize_dequantize(x, scale, None, self.format_name, self.onnx_type, self.axis, block, self.clip, self.saturate)
 
     def describe(self) -> str:
@@ -127,15 +137,16 @@ def _is_dynamic(quantizer: TensorQuantizer, where: str) -> bool:
 
 def _check_dynamic(quantizer: TensorQuantizer, where: str) -> None:
     scaler, kind = quantizer.scaler, quantizer.granularity.kind
-    plain_scaler = (
+    plain_scaler = kind in ("tensor", "token") and (
         (isinstance(scaler, IntScaler) and scaler.symmetric and scaler.power_of_two is None)
         or (isinstance(scaler, FloatScaler) and scaler.power_of_two is None)
     )
-    if kind not in ("tensor", "token") or not plain_scaler or quantizer.range_method != "max" or quantizer.float_range is not None:
+    mx = kind == "group" and isinstance(scaler, MXScaler) and scaler.mode == "floor"
+    if not (plain_scaler or mx) or quantizer.range_method != "max" or quantizer.float_range is not None:
         raise ExportError(
             f"{where}: dynamic {kind} activation scales with {type(scaler).__name__} (range_method={quantizer.range_method!r}) "
-            "cannot be computed exactly with standard ONNX ops (OCP MX / NVFP4 block scales need floor(log2(amax)) from the "
-            f"float's bits); supported: {ACTIVATION_SUPPORT}"
+            "cannot be computed exactly with standard ONNX ops (NVFP4 and the CEIL/RCEIL/EVEN MX rules are not "
+            f"lowered); supported: {ACTIVATION_SUPPORT}"
         )
 
 
@@ -146,3 +157,27 @@ def _zero_point_storage(zero_point: torch.Tensor, onnx_name: str) -> torch.Tenso
     if dtype is None:
         raise ExportError(f"float activations ({onnx_name}) have no zero point in ONNX")
     return zero_point.to(dtype)
+
+
+def mx_scale(x: torch.Tensor, quantizer: TensorQuantizer) -> torch.Tensor:
+    """The OCP MX FLOOR scale ``2^(floor(log2(amax)) - emax_elem)`` of every block of ``x``, with
+    ops ONNX has (the ONNX blocked layout: the group axis holds the blocks).
+
+    qzoo reads ``floor(log2(amax))`` from the float's exponent bits; ONNX before BitCast cannot,
+    so ``floor(log2(amax))`` is estimated with ``Log`` and corrected by one step each way against
+    ``Pow(2, e)``, which is exact for integer ``e``: ``e - [2^e > amax] + [2^(e+1) <= amax]``.
+    Clamped to E8M0's [-127, 127]; an all-zero block gets 2^-127, a block holding NaN/Inf NaN
+    (as :func:`quantizers.scaling.block_scales.mx_scale`). MXINT8 divides by 64 (elements k/64)."""
+    granularity, fmt = quantizer.granularity, quantizer.fmt
+    axis = granularity.resolve_axis(x.ndim)
+    amax = granularity.amax(x, keep_nonfinite=True).squeeze(axis + 1)
+    usable = torch.isfinite(amax) & (amax > 0)
+    safe = torch.where(usable, amax, torch.ones_like(amax))
+    exponent = torch.floor(torch.log2(safe))
+    exponent = exponent - (torch.pow(2.0, exponent) > safe).float() + (torch.pow(2.0, exponent + 1) <= safe).float()
+    integer = isinstance(fmt, IntFormat)
+    emax = 0 if integer else element_emax(fmt)
+    scale = torch.pow(2.0, torch.clamp(exponent - emax, E8M0_MIN_EXPONENT, E8M0_MAX_EXPONENT))
+    scale = torch.where(amax == 0, torch.full_like(scale, 2.0 ** E8M0_MIN_EXPONENT), scale)
+    scale = torch.where(torch.isfinite(amax), scale, torch.full_like(scale, float("nan")))
+    return scale / 2 ** (fmt.bits - 2) if integer else scale
