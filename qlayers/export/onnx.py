@@ -175,6 +175,7 @@ def export_onnx(
         model.train(training)
     proto = program.model_proto
     onnx_graph.fold_casts(proto)
+    onnx_graph.strip_metadata(proto)
     onnx_graph.set_opset(proto, opset)
     onnx_graph.name_constants(proto, set(constants), {name: c.describe() for name, c in constants.items()})
     onnx.helper.set_model_props(proto, {
