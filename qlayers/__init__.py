@@ -66,3 +66,8 @@ from .export import ExportError, export_onnx
 from .model import calibrate, calibration_mode, load_config, quantization_disabled, quantize_model, summary
 
 __all__ += ["quantize_model", "load_config", "calibrate", "calibration_mode", "quantization_disabled", "summary", "compat", "ptq", "export_onnx", "ExportError"]
+
+from . import transforms
+from .transforms import rotate
+
+__all__ += ["transforms", "rotate"]
