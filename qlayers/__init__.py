@@ -67,7 +67,7 @@ from .model import calibrate, calibration_mode, load_config, quantization_disabl
 
 __all__ += ["quantize_model", "load_config", "calibrate", "calibration_mode", "quantization_disabled", "summary", "compat", "ptq", "export_onnx", "ExportError"]
 
-from . import transforms
+from . import evaluate, transforms
 from .transforms import rotate
 
-__all__ += ["transforms", "rotate"]
+__all__ += ["transforms", "rotate", "evaluate"]
