@@ -94,10 +94,3 @@ def test_transform_keeps_the_dtype_and_survives_a_cast_of_the_model(dtype):
 def test_transform_rejects_a_wrong_size():
     with pytest.raises(ValueError, match=r"n=64\): input's last dimension is 32"):
         HadamardTransform(64)(torch.zeros(2, 32))
-
-
-@pytest.mark.slow  # one torch.compile (~10 s)
-def test_compiled_transform_equals_eager_without_graph_breaks():
-    h = HadamardTransform(160, random_signs=True)
-    x = torch.randn(3, 160)
-    assert torch.equal(torch.compile(h, fullgraph=True)(x), h(x))

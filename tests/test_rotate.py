@@ -191,3 +191,28 @@ def test_quantized_or_already_rotated_models_raise():
         qlayers.rotate(copy.deepcopy(rotated), inplace=True)
     with pytest.raises(TypeError, match="rotate expects an nn.Module, got dict"):
         qlayers.rotate({})
+
+
+def test_gptq_after_rotation_lowers_the_weight_error_further():
+    """Rotate, quantize W4 weights (INT4 per channel), then GPTQ on calibration batches: the
+    layer-by-layer runner reaches ``down_proj`` inside its ``HadamardInput`` (rotated inputs)."""
+    ptq = pytest.importorskip("qlayers.ptq")
+    if not hasattr(ptq, "gptq"):
+        pytest.skip("qlayers.ptq.gptq is not on this branch")
+    model = outlier_llama()
+    reference = logits(model)
+    config = {"weights": {"format": "int4", "granularity": "channel"}, "skip_layers": ["embed_tokens", "lm_head"],
+              "functional_adds": False}
+    calibration = [{"input_ids": torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(s))} for s in range(4)]
+
+    def error(q):
+        return float((logits(q) - reference).norm() / reference.norm())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = qlayers.quantize_model(model, config).eval()
+        rotated = qlayers.quantize_model(qlayers.rotate(model), config).eval()
+        rtn = error(rotated)
+        report = ptq.apply(rotated, calibration, algorithms=["gptq"], progress=False)
+    assert "model.layers.0.mlp.down_proj.module" in str(report)
+    assert error(rotated) < 0.8 * rtn and error(rotated) < error(plain), (error(plain), rtn, error(rotated))
