@@ -22,7 +22,7 @@ def _progress(items: Iterable[Any], total: int, desc: str, enabled: bool) -> Ite
     if not enabled:
         return items
     try:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
     except ImportError:
         return items
     return tqdm(items, total=total, desc=desc, leave=False)

@@ -58,7 +58,9 @@ def _columns(weight: torch.Tensor, rotation: HadamardTransform) -> None:
 
 
 def rotate(model: nn.Module, *, seed: int = 0, online_hadamard: bool = True, inplace: bool = False) -> nn.Module:
-    """Fuse a randomized Hadamard rotation of the residual stream into ``model``'s weights (QuaRot).
+    """Fuse the rotation ``x -> x @ Q`` of the residual stream into ``model``'s weights (QuaRot), with
+    ``Q = diag(s) H / sqrt(d)`` a randomized Hadamard (orthogonal, ``d`` the hidden size, ``s`` seeded
+    random signs), after folding the RMSNorm scales; plus an online Hadamard before ``down_proj``.
 
     The returned model computes the same logits (see :mod:`qlayers.transforms.rotation` for the
     formulas and tolerances) while its linears' inputs have their outlier channels spread, so a
