@@ -11,21 +11,13 @@
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _progress(items: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterable[Any]:
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, total=total, desc=desc, leave=False)
+from ..model.calibrate import _progress  # the one optional-tqdm wrapper
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -55,7 +47,7 @@ def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 8, 
     """
     total, count = 0.0, 0
     batches = windows.split(batch_size)
-    for batch in _progress(batches, len(batches), "perplexity", progress):
+    for batch in _progress(batches, len(batches), progress, "perplexity"):
         batch = batch.to(_device(model))
         logits = model(input_ids=batch).logits[:, :-1].to(torch.float64)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
@@ -70,7 +62,7 @@ def sentence_embeddings(model: nn.Module, tokenizer: Any, sentences: Sequence[st
     """``(len(sentences), hidden)`` float32 embeddings: last hidden states mean-pooled over the mask."""
     out: List[torch.Tensor] = []
     starts = range(0, len(sentences), batch_size)
-    for start in _progress(starts, len(starts), "embeddings", progress):
+    for start in _progress(starts, len(starts), progress, "embeddings"):
         batch = tokenizer(list(sentences[start:start + batch_size]), padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt")
         batch = {k: v.to(_device(model)) for k, v in batch.items()}
