@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 from . import compat, ptq
-from .export import ExportError, export_onnx
+from .export import ExportError, export_onnx, freeze, load_packed, save_packed
 from .model import calibrate, calibration_mode, load_config, quantization_disabled, quantize_model, summary
 
 __all__ += ["quantize_model", "load_config", "calibrate", "calibration_mode", "quantization_disabled", "summary", "compat", "ptq", "export_onnx", "ExportError"]
@@ -71,3 +71,4 @@ from . import evaluate, transforms
 from .transforms import rotate
 
 __all__ += ["transforms", "rotate", "evaluate"]
+__all__ += ["save_packed", "load_packed", "freeze"]

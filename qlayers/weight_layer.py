@@ -89,6 +89,9 @@ class QuantWeightLayer(QuantLayer):
     def _quant_weight(self, copy: bool = False) -> Optional[QuantTensor]:
         """:meth:`quant_weight`; for the layer's own use (``copy=False``) a cached QuantTensor is
         returned itself, not copied."""
+        packed = self._modules.get("packed_weight")
+        if packed is not None:  # qlayers.freeze: the weight lives only in packed storage
+            return packed()
         quantizer, weight = self.weight_quant, self.weight
         if quantizer is None:
             return None

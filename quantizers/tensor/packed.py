@@ -29,7 +29,7 @@ is restored exactly. An all-zero ``zero_point_`` is recorded by shape and dtype 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -111,31 +111,19 @@ class PackedQuantTensor:
         hold anything), so inconsistent data raises ``ValueError`` instead of allocating or
         computing without bound."""
         check_packed(self)
-        cls = _KINDS[self.kind]
-        codes = _unpack_codes(self)
-        rounded = self.value_dtype if self.rounded_dtype is None else self.rounded_dtype
-        work = compute_dtype(rounded)
-        elements = self.fmt.decode(codes).to(work)
-        scale_ = self.scale
-        if self.scale_codes_format is not None:
-            scale_ = self.scale_codes_format.decode(self.scale.view(torch.uint8)).to(self.scale_dtype)
-        zero_point_, symmetric = self.zero_point, False
-        if zero_point_ is None:
-            zero_point_ = torch.zeros(self.zero_point_shape, dtype=self.zero_point_dtype, device=codes.device)
-            symmetric = self.zero_point_shape == () and self.zero_point_dtype == self.scale_dtype
-        scale_eff = scale_ if self.outer_scale is None else scale_ * self.outer_scale
-        scale_eff = scale_eff.to(work)
-        if issubclass(cls, (IntQuantTensor, GroupwiseIntQuantTensor)):
-            elements = elements - zero_point_.to(work)
-        value_ = saturate_product(elements * scale_eff, elements, rounded)  # as quantize does
+        return self.quant_tensor(*dequantize_fields(self, self.codes, self.scale, self.zero_point, self.outer_scale))
+
+    def quant_tensor(self, value_: torch.Tensor, scale_: torch.Tensor, zero_point_: torch.Tensor) -> QuantTensor:
+        """The QuantTensor of the dequantized fields (:func:`dequantize_fields`) and this packed
+        tensor's kind, format and grouping."""
+        symmetric = self.zero_point is None and self.zero_point_shape == () and self.zero_point_dtype == self.scale_dtype
         fields = dict(
-            value_=value_.to(rounded).to(self.value_dtype), scale_=scale_, zero_point_=None if symmetric else zero_point_,
-            fmt=self.fmt,
+            value_=value_, scale_=scale_, zero_point_=None if symmetric else zero_point_, fmt=self.fmt,
             outer_scale_=self.outer_scale, scale_format=self.scale_format,
         )
         if self.group_size is not None:
             fields.update(group_size=self.group_size, group_dim=self.group_dim, original_shape=self.original_shape)
-        return cls(**fields)
+        return _KINDS[self.kind](**fields)
 
     def __repr__(self) -> str:
         scale = self.scale_codes_format.name if self.scale_codes_format is not None else str(self.scale_dtype)
@@ -144,6 +132,37 @@ class PackedQuantTensor:
             f"PackedQuantTensor(kind={self.kind}, fmt={self.fmt.name}, layout={self.layout}, "
             f"value_shape={tuple(self.value_shape)}{group}, scales={scale}, nbytes={self.nbytes})"
         )
+
+
+def dequantize_fields(
+    packed: PackedQuantTensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: Optional[torch.Tensor],
+    outer_scale: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(value_, scale_, zero_point_)`` of the QuantTensor ``packed`` stores, from its stored
+    tensors ``codes``, ``scale``, ``zero_point``, ``outer_scale`` (passed apart from ``packed``'s
+    other fields so a compiled kernel sees them as inputs): ``value_ = decode(codes) * scale_eff``
+    (``(decode(codes) - zero_point) * scale_eff`` for integer kinds) in float32, rounded once to
+    the dtype ``value_`` was rounded to. Plain tensor code (no checks: :meth:`PackedQuantTensor.unpack`
+    runs :func:`check_packed` first)."""
+    integer = packed.kind in ("IntQuantTensor", "GroupwiseIntQuantTensor")
+    rounded = packed.value_dtype if packed.rounded_dtype is None else packed.rounded_dtype
+    work = compute_dtype(rounded)
+    elements = packed.fmt.decode(_unpack_codes(packed, codes)).to(work)
+    scale_ = scale
+    if packed.scale_codes_format is not None:
+        scale_ = packed.scale_codes_format.decode(scale.view(torch.uint8)).to(packed.scale_dtype)
+    zero_point_ = zero_point
+    if zero_point_ is None:
+        zero_point_ = torch.zeros(packed.zero_point_shape, dtype=packed.zero_point_dtype, device=codes.device)
+    scale_eff = scale_ if outer_scale is None else scale_ * outer_scale
+    scale_eff = scale_eff.to(work)
+    if integer:
+        elements = elements - zero_point_.to(work)
+    value_ = saturate_product(elements * scale_eff, elements, rounded)  # as quantize does
+    return value_.to(rounded).to(packed.value_dtype), scale_, zero_point_
 
 
 def pack(qt: QuantTensor, packed_fp6: bool = False, check: bool = True) -> PackedQuantTensor:
@@ -292,21 +311,21 @@ def _pack_codes(codes: torch.Tensor, fmt: NumberFormat, packed_fp6: bool):
     return "byte", codes.view(torch_storage_dtype(fmt))
 
 
-def _unpack_codes(packed: PackedQuantTensor) -> torch.Tensor:
+def _unpack_codes(packed: PackedQuantTensor, codes: torch.Tensor) -> torch.Tensor:
     numel = 1
     for s in packed.value_shape:
         numel *= s
     if packed.layout == "nibble":
         unpack4 = unpack_int4 if isinstance(packed.fmt, IntFormat) else unpack_fp4
-        return unpack4(packed.codes, length=numel).reshape(packed.value_shape)
+        return unpack4(codes, length=numel).reshape(packed.value_shape)
     if packed.layout == "six_bit":
-        return unpack_fp6(packed.codes, length=numel).reshape(packed.value_shape)
+        return unpack_fp6(codes, length=numel).reshape(packed.value_shape)
     if packed.layout == "word32":
-        return (packed.codes.to(torch.int64) & 0xFFFFFFFF).reshape(packed.value_shape)
+        return (codes.to(torch.int64) & 0xFFFFFFFF).reshape(packed.value_shape)
     if packed.layout == "word16":
-        return packed.codes.to(torch.int32) & 0xFFFF
+        return codes.to(torch.int32) & 0xFFFF
     if packed.layout == "byte":
-        return packed.codes.view(torch.uint8)
+        return codes.view(torch.uint8)
     raise ValueError(f"unknown layout {packed.layout!r}; known layouts: {', '.join(LAYOUTS)}")
 
 

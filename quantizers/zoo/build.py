@@ -116,14 +116,17 @@ class QuantizerBuilder(Injector):
 def build_quantizer(attributes: QuantizerAttributes) -> nn.Module:
     """The runtime module of validated ``attributes``: a :class:`TensorQuantizer`, or a
     :class:`BiasQuantizer` for ``role="bias"``. Errors of custom scalers and observers come out as
-    :class:`QuantizerConfigError` naming the attribute."""
+    :class:`QuantizerConfigError` naming the attribute. The module keeps ``attributes`` as
+    ``quant_attributes`` (packed checkpoints record them to rebuild it)."""
     container = QuantizerBuilder.let(attributes=attributes)
     try:
-        return container.bias_quantizer if attributes.role is Role.BIAS else container.tensor_quantizer
+        module = container.bias_quantizer if attributes.role is Role.BIAS else container.tensor_quantizer
     except QuantizerConfigError:
         raise
     except Exception as error:  # a custom Scaler/Observer or a runtime constructor refusing its arguments
         raise QuantizerConfigError(f"could not be built: {type(error).__name__}: {error}") from error
+    module.quant_attributes = attributes  # what it was built from (saved by qlayers.export)
+    return module
 
 
 def build_tensor_quantizer(

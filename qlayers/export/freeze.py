@@ -1,0 +1,124 @@
+"""``freeze(model)``: quantized layers keep only their packed weights and dequantize them in forward.
+
+Each :class:`~qlayers.QuantWeightLayer` with a weight quantizer gets a :class:`PackedWeight`
+submodule ``packed_weight`` holding the weight's :meth:`QuantTensor.pack` storage (element codes
+at their real width, E8M0/E4M3 scale codes, zero points: :mod:`quantizers.tensor.packed`) as
+buffers, and its float ``weight`` parameter is deleted. ``layer.quant_weight()`` then returns the
+packed weight dequantized by one kernel (:func:`quantizers.tensor.packed.dequantize_fields`
+wrapped in :func:`quantizers.compile.compiled`): ``value_ = decode(codes) * scale`` (minus the
+zero point for integers) computed in float32 and rounded once, bit for bit the ``value_`` the
+fake-quant layer used, so a frozen model's outputs equal the fake-quant model's exactly (same
+input, bias and output quantizers, same float op).
+
+Memory: the weight's bytes drop to the packed bytes (MXFP4: 4.25 bits per element; NVFP4 4.5 +
+32 per tensor; INT4 per-group-128 4.25 with a float32 scale), and the eval weight cache holds
+nothing. Biases, norms and the other float parameters are unchanged. A frozen layer cannot be
+trained (it has no float weight); re-quantizing it needs the float model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+from torch import nn
+
+from quantizers.compile import compiled
+from quantizers.tensor.packed import PackedQuantTensor, QuantTensor, check_packed, dequantize_fields
+
+from ..embedding import QuantEmbedding
+from ..weight_layer import QuantWeightLayer
+from .manifest import CheckpointError
+
+_dequantize = compiled(dequantize_fields, dynamic=False)
+
+
+class PackedWeight(nn.Module):
+    """A layer's quantized weight in packed storage; calling it returns the dequantized QuantTensor.
+
+    Buffers: ``codes`` (element codes, e.g. ``uint8`` nibble pairs or ``float8_e4m3fn`` bytes),
+    ``scale`` (``float8_e8m0fnu``/``float8_e4m3fn`` codes or float scales) and, where the packed
+    tensor has them, ``zero_point`` and ``outer_scale`` (the NVFP4 float32 tensor scale).
+    """
+
+    def __init__(self, packed: PackedQuantTensor) -> None:
+        super().__init__()
+        check_packed(packed)
+        self.register_buffer("codes", packed.codes.detach().clone())
+        self.register_buffer("scale", packed.scale.detach().clone())
+        self.register_buffer("zero_point", _optional(packed.zero_point))
+        self.register_buffer("outer_scale", _optional(packed.outer_scale))
+        # the fields other than the tensors: the kernel's constant argument (keyed by identity)
+        self.meta = dataclasses.replace(packed, codes=None, scale=None, zero_point=None, outer_scale=None)
+
+    def packed(self) -> PackedQuantTensor:
+        """The PackedQuantTensor these buffers hold."""
+        return dataclasses.replace(
+            self.meta, codes=self.codes, scale=self.scale, zero_point=self.zero_point, outer_scale=self.outer_scale
+        )
+
+    def forward(self) -> QuantTensor:
+        fields = _dequantize(self.meta, self.codes, self.scale, self.zero_point, self.outer_scale)
+        return self.packed().quant_tensor(*fields)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        p = self.meta
+        return f"fmt={p.fmt.name}, layout={p.layout}, shape={tuple(p.value_shape)}, nbytes={self.nbytes}"
+
+
+def _optional(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.detach().clone()
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Replace every quantized weight of ``model`` by its packed storage, in place; returns ``model``.
+
+    Every layer is checked before any changes (a weight that cannot be packed, a ``QuantEmbedding``
+    with ``max_norm``, which rewrites its float weight in forward): ``ValueError`` naming the layer.
+    Layers already frozen and layers without a weight quantizer are left as they are.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"freeze expects an nn.Module, got {type(model).__name__}")
+    packed = {}
+    for name, layer in _weight_layers(model):
+        if isinstance(layer, QuantEmbedding) and layer.max_norm is not None:
+            raise CheckpointError(f"layer {name or '(root)'!r}: QuantEmbedding with max_norm renormalises its float weight in forward; it cannot be frozen")
+        packed[name] = pack_weight(name, layer)
+    for name, layer in _weight_layers(model):
+        attach(layer, packed[name])
+    return model
+
+
+def pack_weight(name: str, layer: QuantWeightLayer) -> PackedQuantTensor:
+    """The packed eval-mode quantized weight of ``layer`` (``ValueError`` naming it if it cannot be packed)."""
+    training = layer.training
+    try:
+        layer.train(False)
+        with torch.no_grad():
+            return layer.quant_weight().pack(packed_fp6=True)
+    except ValueError as error:
+        raise CheckpointError(f"layer {name or '(root)'!r}: its quantized weight cannot be packed: {error}") from None
+    finally:
+        layer.train(training)
+
+
+def attach(layer: QuantWeightLayer, packed: PackedQuantTensor) -> None:
+    """Give ``layer`` the packed weight ``packed`` and delete its float weight."""
+    layer.packed_weight = PackedWeight(packed)
+    if "weight" in layer._parameters:
+        del layer._parameters["weight"]
+    layer.clear_weight_cache()
+
+
+def is_frozen(layer: nn.Module) -> bool:
+    return isinstance(getattr(layer, "packed_weight", None), PackedWeight)
+
+
+def _weight_layers(model: nn.Module):
+    for name, module in model.named_modules():
+        if isinstance(module, QuantWeightLayer) and module.weight_quant is not None and not is_frozen(module):
+            yield name, module
