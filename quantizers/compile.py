@@ -116,13 +116,15 @@ def background_compiles() -> int:
 
 
 def is_tracing() -> bool:
-    """Whether ``torch.compile`` is tracing the calling code, in this thread.
+    """Whether ``torch.compile`` (or ``torch.export``) is tracing the calling code, in this thread.
 
     Use it instead of ``torch.compiler.is_compiling()``, which in torch 2.13 is a process-wide flag:
     while the background compiler (or any thread) compiles, it is ``True`` in every thread, and
     eager code elsewhere would skip its checks, caches and observer synchronisation. Under
     tracing, Dynamo evaluates this function once and keeps the result as a constant.
     """
+    if torch.compiler.is_exporting():  # torch.export traces too (strict or not): no value checks, no caches
+        return True
     if not torch.compiler.is_compiling():
         return False
     return CompileContext.try_get() is not None

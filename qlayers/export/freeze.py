@@ -8,7 +8,10 @@ packed weight dequantized by one kernel (:func:`quantizers.tensor.packed.dequant
 wrapped in :func:`quantizers.compile.compiled`): ``value_ = decode(codes) * scale`` (minus the
 zero point for integers) computed in float32 and rounded once, bit for bit the ``value_`` the
 fake-quant layer used, so a frozen model's outputs equal the fake-quant model's exactly (same
-input, bias and output quantizers, same float op).
+input, bias and output quantizers, same float op). One documented exception of packing: integer
+codes have no -0, so an integer weight element ``q = -0.0`` (a small negative weight rounded to 0)
+comes back as ``+0.0``; it can show only where the weight reaches the output unsummed
+(``QuantEmbedding`` rows).
 
 Memory: the weight's bytes drop to the packed bytes (MXFP4: 4.25 bits per element; NVFP4 4.5 +
 32 per tensor; INT4 per-group-128 4.25 with a float32 scale), and the eval weight cache holds

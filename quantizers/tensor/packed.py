@@ -311,6 +311,12 @@ def _pack_codes(codes: torch.Tensor, fmt: NumberFormat, packed_fp6: bool):
     return "byte", codes.view(torch_storage_dtype(fmt))
 
 
+def element_codes(packed: PackedQuantTensor) -> torch.Tensor:
+    """The element codes of ``packed``, one per element in ``value_``'s shape (``fmt.encode``'s codes:
+    ``uint8`` up to 8 bits, wider integers as ``int32``/``int64``)."""
+    return _unpack_codes(packed, packed.codes).reshape(packed.value_shape)
+
+
 def _unpack_codes(packed: PackedQuantTensor, codes: torch.Tensor) -> torch.Tensor:
     numel = 1
     for s in packed.value_shape:
