@@ -55,6 +55,10 @@ class QuantEmbedding(QuantWeightLayer, nn.Embedding):
         if self.max_norm is not None:
             with torch.no_grad():
                 torch.embedding_renorm_(self.weight, input, self.max_norm, self.norm_type)
+        packed = self._modules.get("packed_weight")  # qlayers.freeze: dequantize only the rows looked up
+        rows = None if packed is None or self.return_quant_tensor else packed.rows(input)
+        if rows is not None:
+            return rows
         quant_weight = self._quant_weight()
         if quant_weight is not None and self.return_quant_tensor:
             return embed_quant_tensor(input, quant_weight, self._lookup)

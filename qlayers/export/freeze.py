@@ -61,8 +61,42 @@ class PackedWeight(nn.Module):
         )
 
     def forward(self) -> QuantTensor:
-        fields = _dequantize(self.meta, self.codes, self.scale, self.zero_point, self.outer_scale)
+        codes, scale = _as_bytes(self.codes), self.scale
+        if self.meta.scale_codes_format is not None:
+            scale = _as_bytes(scale)  # inductor has no float8_e8m0fnu: the kernel reads the bytes
+        fields = _dequantize(self.meta, codes, scale, self.zero_point, self.outer_scale)
         return self.packed().quant_tensor(*fields)
+
+    def rows(self, indices: torch.Tensor) -> Optional[torch.Tensor]:
+        """``value_[indices]`` of a weight whose rows are stored apart (an embedding table): only
+        the rows looked up are dequantized, bit for bit the rows of the whole table (elementwise
+        arithmetic). ``None`` when rows share bytes or scales across rows (the caller then
+        dequantizes the whole table)."""
+        meta = self.meta
+        shape = tuple(meta.original_shape or meta.value_shape)
+        num, per_row = meta.value_shape[0], 1
+        for size in meta.value_shape[1:]:
+            per_row *= size
+        if meta.original_shape is not None and (meta.group_dim not in (1, -1) or len(shape) != 2):
+            return None
+        stored = {"nibble": (per_row % 2 == 0, per_row // 2), "six_bit": (per_row % 4 == 0, per_row * 3 // 4)}
+        aligned, row_bytes = stored.get(meta.layout, (True, per_row))
+        row_wise = [t for t in (self.scale, self.zero_point) if t is not None and t.numel() > 1]
+        if not aligned or any(t.shape[0] != num for t in row_wise):
+            return None
+        flat = indices.reshape(-1)
+        take = lambda t: t if t is None or t.numel() == 1 else t[flat]  # noqa: E731
+        codes = self.codes.reshape(num, -1)[flat] if meta.layout in ("nibble", "six_bit") else self.codes[flat]
+        gathered = dataclasses.replace(
+            meta, value_shape=torch.Size((flat.numel(),) + tuple(meta.value_shape[1:])),
+            original_shape=None if meta.original_shape is None else torch.Size((flat.numel(), shape[1])),
+        )
+        scale = take(self.scale)
+        if meta.scale_codes_format is not None:
+            scale = _as_bytes(scale)
+        value_, _, _ = dequantize_fields(gathered, _as_bytes(codes).reshape(-1) if meta.layout in ("nibble", "six_bit") else _as_bytes(codes),
+                                         scale, take(self.zero_point), self.outer_scale)
+        return value_.reshape(*indices.shape, shape[-1] if len(shape) == 2 else per_row)
 
     @property
     def nbytes(self) -> int:
@@ -71,6 +105,10 @@ class PackedWeight(nn.Module):
     def extra_repr(self) -> str:
         p = self.meta
         return f"fmt={p.fmt.name}, layout={p.layout}, shape={tuple(p.value_shape)}, nbytes={self.nbytes}"
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8) if t.is_floating_point() and t.element_size() == 1 else t
 
 
 def _optional(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
