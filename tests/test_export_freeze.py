@@ -103,3 +103,13 @@ def test_torch_export_program_equals_eager_fake_quant_and_frozen(case):
     assert same_bits(program.module()(other), net(other))
     constants = list(program.state_dict.values()) + list(program.constants.values())
     assert not any(t.dtype == torch.float32 and t.numel() >= 1024 for t in constants)  # no float weights
+
+
+def test_dtype_casts_leave_the_packed_bits_alone():
+    net = calibrated(**CASES["nvfp4"])
+    qlayers.freeze(net)
+    packed = net.fc.packed_weight
+    before = {name: (b.dtype, b.clone()) for name, b in packed.named_buffers()}
+    net.half()
+    for name, b in packed.named_buffers():
+        assert b.dtype == before[name][0] and torch.equal(b.view(torch.uint8) if b.element_size() == 1 else b, before[name][1].view(torch.uint8) if b.element_size() == 1 else before[name][1])

@@ -67,6 +67,11 @@ class PackedWeight(nn.Module):
         fields = _dequantize(self.meta, codes, scale, self.zero_point, self.outer_scale)
         return self.packed().quant_tensor(*fields)
 
+    def _apply(self, fn, recurse=True):
+        """Device moves apply, dtype casts (``model.half()``) do not: the buffers are stored bits
+        (codes, E8M0/E4M3 scale codes, float32 scales), not values to convert."""
+        return super()._apply(lambda t: t.to(fn(t.new_empty(0)).device), recurse)
+
     def rows(self, indices: torch.Tensor) -> Optional[torch.Tensor]:
         """``value_[indices]`` of a weight whose rows are stored apart (an embedding table): only
         the rows looked up are dequantized, bit for bit the rows of the whole table (elementwise
