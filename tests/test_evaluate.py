@@ -101,7 +101,9 @@ def test_evaluate_compares_configs_with_and_without_rotation(llama, tokenizer):
 
 
 def test_unknown_preset_and_bad_arguments_raise(llama, tokenizer):
-    with pytest.raises(ValueError, match="config 'fp9' is neither a preset .*mxfp4.* nor a .json/.yaml/.yml file"):
+    assert ev.resolve_config("w4a4", llama)[1]["inputs"] == {"format": "int4", "granularity": "token"}
+    assert ev.resolve_config("mxfp6", llama)[1]["weights"] == {"format": "mxfp6"}
+    with pytest.raises(ValueError, match="config 'fp9' is neither a preset .*mxfp4.*, a format name .* nor a .json/.yaml/.yml file"):
         ev.evaluate(llama, tokenizer, ["fp9"], text=TEXT[0], progress=False)
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         ev.evaluate(llama, tokenizer, ["missing.yaml"], text=TEXT[0], progress=False)

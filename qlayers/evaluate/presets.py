@@ -9,7 +9,7 @@ protocol of LLM quantization papers. A config file (``.json``/``.yaml``, see
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from torch import nn
 
@@ -25,7 +25,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "int4": {"weights": {"format": "int4", "granularity": "channel"},  # W4A4, per-token inputs
              "inputs": {"format": "int4", "granularity": "token"}},
 }
-"""Preset name -> the formats of ``weights`` and ``inputs`` (see the module docstring)."""
+"""Preset name -> the formats of ``weights`` and ``inputs`` (see the module docstring). Any other
+format name of :mod:`qlayers.model.spec` (``"mxfp6"``, ``"float8_e5m2"``) works too: weights and
+inputs in that format with its default granularity."""
+ALIASES = {"w8a8": "int8", "w4a4": "int4", "float8_e4m3fn": "fp8", "fp8_e4m3": "fp8", "hif8": "hifloat8"}
+"""Other names users give the presets."""
 
 
 def resolve_config(config: Union[str, Path, Mapping[str, Any]], model: nn.Module) -> Tuple[str, Any]:
@@ -35,12 +39,26 @@ def resolve_config(config: Union[str, Path, Mapping[str, Any]], model: nn.Module
     if isinstance(config, Mapping):
         return "config", config
     text = str(config)
-    if text in PRESETS:
-        skip = ["embed"] + (["lm_head"] if isinstance(getattr(model, "lm_head", None), nn.Module) else [])
-        return text, {**PRESETS[text], "skip_layers": skip, "functional_adds": False}
     path = Path(text)
     if path.suffix.lower() in (".json", ".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"config file {text!r} does not exist")
         return path.stem, str(path)
-    raise ValueError(f"config {text!r} is neither a preset ({', '.join(PRESETS)}) nor a .json/.yaml/.yml file")
+    sections = PRESETS.get(ALIASES.get(text, text)) or _format_preset(text)
+    if sections is None:
+        raise ValueError(f"config {text!r} is neither a preset ({', '.join(PRESETS)}), a format name "
+                         "(e.g. 'mxfp6', 'float8_e5m2') nor a .json/.yaml/.yml file")
+    skip = ["embed"] + (["lm_head"] if isinstance(getattr(model, "lm_head", None), nn.Module) else [])
+    return text, {**sections, "skip_layers": skip, "functional_adds": False}
+
+
+def _format_preset(name: str) -> Optional[Dict[str, Any]]:
+    """Weights and inputs in the format ``name`` (any spec format), or None if it is not one."""
+    from ..model.config import validate_config
+
+    sections = {"weights": {"format": name}, "inputs": {"format": name}}
+    try:
+        validate_config(sections)
+    except (ValueError, TypeError):
+        return None
+    return sections
