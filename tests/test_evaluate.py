@@ -105,6 +105,8 @@ def test_unknown_preset_and_bad_arguments_raise(llama, tokenizer):
     assert ev.resolve_config("mxfp6", llama)[1]["weights"] == {"format": "mxfp6"}
     with pytest.raises(ValueError, match="config 'fp9' is neither a preset .*mxfp4.*, a format name .* nor a .json/.yaml/.yml file"):
         ev.evaluate(llama, tokenizer, ["fp9"], text=TEXT[0], progress=False)
+    rows = ev.evaluate(llama, tokenizer, {"my w8": {"weights": {"format": "int8"}}}, text=TEXT[0], progress=False)
+    assert [r.label for r in rows] == ["float", "my w8"]
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         ev.evaluate(llama, tokenizer, ["missing.yaml"], text=TEXT[0], progress=False)
     with pytest.raises(ValueError, match=r"task='ppl'\): expected one of"):

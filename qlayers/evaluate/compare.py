@@ -48,7 +48,7 @@ def _quantize(model: nn.Module, config: Any, calibration: List[Dict[str, torch.T
 def evaluate(
     model: nn.Module,
     tokenizer: Any,
-    configs: Sequence[ConfigLike] = ("fp8",),
+    configs: Union[Sequence[ConfigLike], Mapping[str, ConfigLike]] = ("fp8",),
     *,
     task: str = "auto",
     text: Optional[str] = None,
@@ -70,7 +70,7 @@ def evaluate(
     ``"auto"`` picks by the model class (:func:`detect_task`).
 
     Each config is a preset name (:data:`qlayers.evaluate.PRESETS`), a ``.json``/``.yaml`` file or
-    a config dict; ``model`` itself is never changed. Configs with static activation ranges are
+    a config dict; ``configs`` may also map row labels to configs. ``model`` itself is never changed. Configs with static activation ranges are
     calibrated on the first ``calibration_batches`` batches of the evaluation data (a quick
     harness, not a held-out protocol). ``rotate=True`` applies :func:`qlayers.rotate` first (Llama
     and Qwen2 only); ``"both"`` gives rows without and with it. tqdm progress bars unless
@@ -109,9 +109,11 @@ def evaluate(
             base = rotate_model(model)
         suffix = " +rotation" if rotated else ""
         results.append(Result("float" + suffix, measure(base), time.perf_counter() - start))
-        for config in configs:
+        named = configs.items() if isinstance(configs, Mapping) else [(None, c) for c in configs]
+        for name, config in named:
             start = time.perf_counter()
             label, resolved = resolve_config(config, base)
+            label = label if name is None else str(name)
             results.append(Result(label + suffix, measure(_quantize(base, resolved, calibration)),
                                   time.perf_counter() - start))
     if task == "perplexity":
