@@ -6,8 +6,11 @@ is a submodule ``<role>_quant`` (``None`` when disabled), so ``layer.input_quant
 tensor the way the layer does and observer statistics appear in ``state_dict`` under
 ``<role>_quant.observer.*``.
 
-Inputs may be float tensors or QuantTensors. With an ``input_quant`` the input's (dequantized)
-value is quantized; without one a QuantTensor input is used as it is (its ``value``, and its scale
+Inputs may be float tensors or QuantTensors. A layer may carry an ``input_multiplier`` (a buffer of
+one factor per input channel, set by :meth:`QuantLayer.set_input_multiplier`, e.g. by SmoothQuant or
+AWQ when no preceding op can absorb their scales): the input becomes ``x * m`` (broadcast along the
+layer's input channel axis) before anything else, quantized or not, and ``m`` is saved in
+``state_dict``. With an ``input_quant`` the input's (dequantized) value is quantized; without one a QuantTensor input is used as it is (its ``value``, and its scale
 where a bias needs it). ``return_quant_tensor=True`` returns a QuantTensor whenever the output is
 quantized (any kind: int, float, groupwise); otherwise, and always when nothing quantizes the
 output, the layer returns a plain tensor.
@@ -65,10 +68,27 @@ class QuantLayer(nn.Module):
         Anything but a tensor or QuantTensor raises ``TypeError``, as ``nn`` layers do."""
         if not isinstance(x, (torch.Tensor, QuantTensor)):
             raise TypeError(f"{type(self).__name__}: input must be a torch.Tensor or QuantTensor, got {type(x).__name__}")
+        multiplier = self._buffers.get("input_multiplier")
+        if multiplier is not None:
+            x = dequantize(x)
+            x = x * _along_channels(multiplier.to(x.dtype), x.dim(), self._input_channel_axis())
         quantizer = self.input_quant
         if quantizer is None:
             return x
         return quantizer(dequantize(x))
+
+    def set_input_multiplier(self, multiplier: Optional[torch.Tensor]) -> None:
+        """Multiply every input by ``multiplier`` (one factor per input channel) before quantizing
+        it; ``None`` removes the multiplier. Stored as the buffer ``input_multiplier``."""
+        if multiplier is None:
+            self._buffers.pop("input_multiplier", None)
+            return
+        if not isinstance(multiplier, torch.Tensor) or multiplier.dim() != 1:
+            raise TypeError(f"{type(self).__name__}: input_multiplier must be a 1-D tensor (one factor per input channel), got {multiplier!r}")
+        self.register_buffer("input_multiplier", multiplier.detach().clone())
+
+    def _input_channel_axis(self) -> int:
+        return getattr(self, "act_layout", {}).get("channel_axis", 1)
 
     def _quant_output(self, y: MaybeQuant, quantizer: Optional[nn.Module]) -> MaybeQuant:
         """``quantizer(y)`` as a QuantTensor or its value, per ``return_quant_tensor``; without a
@@ -78,6 +98,9 @@ class QuantLayer(nn.Module):
         return y if self.return_quant_tensor else dequantize(y)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        key = prefix + "input_multiplier"
+        if key in state_dict:  # a smoothed checkpoint: take its multiplier's shape
+            self.register_buffer("input_multiplier", torch.empty_like(state_dict[key]))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         # A quantizer that is None has no state, so its keys are unexpected (nn.Module would accept
         # them because the None submodule is registered). Quantizers turned off by
@@ -116,6 +139,13 @@ class QuantLayer(nn.Module):
                 target.copy_(param)
                 target.requires_grad_(param.requires_grad)
         return layer.train(module.training)
+
+
+def _along_channels(multiplier: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+    """``multiplier`` shaped to broadcast along dimension ``axis`` of an ``ndim``-D tensor."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return multiplier.reshape(shape)
 
 
 def _constructor_kwargs(cls: type) -> Tuple[str, ...]:
