@@ -68,10 +68,8 @@ class QuantLayer(nn.Module):
         Anything but a tensor or QuantTensor raises ``TypeError``, as ``nn`` layers do."""
         if not isinstance(x, (torch.Tensor, QuantTensor)):
             raise TypeError(f"{type(self).__name__}: input must be a torch.Tensor or QuantTensor, got {type(x).__name__}")
-        multiplier = self._buffers.get("input_multiplier")
-        if multiplier is not None:
-            x = dequantize(x)
-            x = x * _along_channels(multiplier.to(x.dtype), x.dim(), self._input_channel_axis())
+        if "input_multiplier" in self._buffers:
+            x = self.multiply_input(dequantize(x))
         quantizer = self.input_quant
         if quantizer is None:
             return x
@@ -87,8 +85,14 @@ class QuantLayer(nn.Module):
             raise TypeError(f"{type(self).__name__}: input_multiplier must be a 1-D tensor (one factor per input channel), got {multiplier!r}")
         self.register_buffer("input_multiplier", multiplier.detach().clone())
 
-    def _input_channel_axis(self) -> int:
-        return getattr(self, "act_layout", {}).get("channel_axis", 1)
+    def multiply_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x * input_multiplier`` along the input channel axis (what the weight sees, before
+        input quantization); ``x`` itself when the layer has no multiplier."""
+        multiplier = self._buffers.get("input_multiplier")
+        if multiplier is None:
+            return x
+        axis = getattr(self, "act_layout", {}).get("channel_axis", 1)
+        return x * _along_channels(multiplier.to(x.dtype), x.dim(), axis)
 
     def _quant_output(self, y: MaybeQuant, quantizer: Optional[nn.Module]) -> MaybeQuant:
         """``quantizer(y)`` as a QuantTensor or its value, per ``return_quant_tensor``; without a

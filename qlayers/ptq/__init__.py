@@ -31,6 +31,12 @@ from .registry import Algorithm, algorithm_names, get_algorithm, parse_algorithm
 from .report import LayerReport, PTQReport
 from .runner import eval_mode, output_error, run_layer_by_layer
 from .targets import select_layers
+# the algorithms (each registers itself)
+from .awq import awq
+from .bias_correction import bias_correction
+from .equalize import equalize
+from .ofmr import ofmr
+from .smoothquant import smoothquant
 
 
 def apply(model: nn.Module, data: Any, algorithms: Any, *, forward=None, progress: bool = True) -> PTQReport:
@@ -61,4 +67,5 @@ __all__ = [
     "apply", "register", "algorithm_names", "get_algorithm", "parse_algorithms", "Algorithm",
     "PTQReport", "LayerReport", "CalibrationDataError", "run_layer_by_layer", "capture_inputs", "check_data",
     "as_batches", "select_layers", "output_error", "eval_mode", "all_reduce_sum", "all_reduce_count", "is_distributed",
+    "awq", "bias_correction", "equalize", "ofmr", "smoothquant",
 ]

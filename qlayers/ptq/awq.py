@@ -27,27 +27,34 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from ..quant_layer import _along_channels
-from . import channel_scales, fold
+from . import channel_scales
 from .clipping import search_clip, weight_error_score
 from .graph import Forward
-from .layer_inputs import calibration_batches, collect_inputs, float_output, output_error
-from .results import AlgorithmReport, LayerResult
+from .layer_inputs import relative_error
+from .registry import register
+from .report import PTQReport
 
 
+def _check(model: nn.Module, *, grids_num=20, max_shrink=0.5, layers=None, **_: Any) -> dict:
+    _check_options(grids_num, max_shrink)
+    return channel_scales.check(model, "awq", layers)
+
+
+@register("awq", check=_check)
 def awq(
     model: nn.Module,
     data: Any,
-    grids_num: int = 20,
     *,
+    grids_num: int = 20,
     clip: bool = True,
     max_shrink: float = 0.5,
     layers: Optional[Sequence[str]] = None,
     fold: bool = True,
     input_multiplier: bool = True,
     max_rows: int = 512,
-    forward: Optional[Forward] = None,
-) -> AlgorithmReport:
+    forward: Forward = None,
+    progress: bool = True,
+) -> PTQReport:
     """Run AWQ's scale search and clip search on the quantized Linear/Conv layers of ``model``
     in place (see the module docstring).
 
@@ -58,40 +65,33 @@ def awq(
             resolution of the clip search.
         clip: run the clip search after the scale search.
         max_shrink: the clip search tries clipping ratios down to ``1 - max_shrink``.
-        layers, fold, input_multiplier, forward: as :func:`qlayers.ptq.smoothquant`.
+        layers, fold, input_multiplier, forward, progress: as :func:`qlayers.ptq.smoothquant`.
         max_rows: input rows per layer the searches score candidates on.
 
     Returns:
-        An :class:`~qlayers.ptq.results.AlgorithmReport`: per layer the output MSE before and
-        after, the chosen ratio ``r`` and where the scale went.
+        A :class:`~qlayers.ptq.report.PTQReport`: per layer the relative output error before
+        and after, the chosen ratio ``r``, where the scale went and the clipping chosen.
     """
+    _check_options(grids_num, max_shrink)
+
+    def choose(layers_, rows, references, stats):
+        ratio, s = _search_scale(layers_, rows, references, stats.absmean, grids_num)
+        return s, f"r={ratio:.2f}"
+
+    def finish(layer, x):
+        return search_clip(layer, clip_ratios(grids_num, max_shrink), weight_error_score(layer.multiply_input(x)))
+
+    return channel_scales.scale_groups(
+        model, data, algorithm="awq", choose=choose, finish=finish if clip else None, layers=layers,
+        fold_into_producer=fold, input_multiplier=input_multiplier, max_rows=max_rows, forward=forward, progress=progress,
+    )
+
+
+def _check_options(grids_num: Any, max_shrink: Any) -> None:
     if isinstance(grids_num, bool) or not isinstance(grids_num, int) or grids_num < 1:
         raise ValueError(f"awq: grids_num must be a positive int (AMCT default 20), got {grids_num!r}")
     if isinstance(max_shrink, bool) or not isinstance(max_shrink, (int, float)) or not 0 <= max_shrink < 1:
         raise ValueError(f"awq: max_shrink must be a number in [0, 1), got {max_shrink!r}")
-    batches = calibration_batches(data)
-    names = channel_scales.target_layers(model, layers, "awq")
-    groups = channel_scales.plan(
-        model, names, batches[0], fold_into_producer=fold, input_multiplier=input_multiplier,
-        algorithm="awq", forward=forward,
-    )
-    inputs = collect_inputs(model, names, batches, max_rows=max_rows, forward=forward)
-    modules = dict(model.named_modules())
-    report = AlgorithmReport("awq", options={"grids_num": grids_num, "clip": clip})
-    for group in groups:
-        layers_ = [modules[n] for n in group.consumers]
-        rows = inputs[group.consumers[0]].rows
-        references = [float_output(layer, rows) for layer in layers_]
-        before = [output_error(layer, rows, ref) for layer, ref in zip(layers_, references)]
-        ratio, s = _search_scale(layers_, rows, references, inputs[group.consumers[0]].absmean, grids_num)
-        channel_scales.commit(model, group, s)
-        for name, layer, ref, err in zip(group.consumers, layers_, references, before):
-            x = channel_scales.inputs_after(group, layer, rows, s)
-            detail = f"r={ratio:.2f}, {group.describe()}"
-            if clip:
-                detail += ", " + search_clip(layer, clip_ratios(grids_num, max_shrink), weight_error_score(_weight_input(layer, x)))
-            report.layers.append(LayerResult(name, err, output_error(layer, x, ref), detail))
-    return report
 
 
 def awq_scale(absmean: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -105,14 +105,6 @@ def clip_ratios(grids_num: int, max_shrink: float) -> list:
     return [1 - i / grids_num for i in range(max(1, int(max_shrink * grids_num + 1e-9)))]
 
 
-def _weight_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What the weight multiplies: ``x`` times the layer's input multiplier, if any."""
-    multiplier = layer._buffers.get("input_multiplier")
-    if multiplier is None:
-        return x
-    return x * _along_channels(multiplier.to(x), x.dim(), fold.input_channel_axis(layer))
-
-
 @torch.no_grad()
 def _search_scale(layers, rows, references, absmean, grids_num):
     originals = [layer.weight.detach().clone() for layer in layers]
@@ -123,7 +115,7 @@ def _search_scale(layers, rows, references, absmean, grids_num):
         error = 0.0
         for layer, weight, ref in zip(layers, originals, references):
             with _scaled(layer, weight, s):
-                error += output_error(layer, rows, ref)
+                error += relative_error(layer, rows, ref)
         if error < best[0]:
             best = (error, ratio, s)
     return best[1], best[2]

@@ -1,47 +1,94 @@
-"""The plan SmoothQuant and AWQ share: which layers get a per-input-channel scale, grouped by the
-input they share, and where each group's ``1 / s`` goes (folded into the producer, or kept as an
-input multiplier). The plan is made, and every impossibility raised, before any weight changes."""
+"""The procedure SmoothQuant and AWQ share: per-input-channel scales for groups of layers.
+
+1. Targets: the quantized Linear layers and groups=1 Conv layers (:func:`~qlayers.ptq.targets.select_layers`).
+2. Plan, before any weight changes: layers that share one input form a group
+   (:mod:`qlayers.ptq.graph`), and each group's ``1 / s`` goes into the preceding op where folding
+   leaves the model's function unchanged, else into an input multiplier; with
+   ``input_multiplier=False`` a group with no foldable producer raises ``ValueError`` naming the
+   layer and why.
+3. Statistics of the float network's inputs (:func:`~qlayers.ptq.layer_inputs.collect_inputs`).
+4. Per group: the algorithm's ``choose`` gives ``s``; it is committed (:func:`qlayers.ptq.fold.fold_scale`);
+   an optional ``finish`` step runs per layer (AWQ's clip search). The report's errors are the
+   layers' relative output errors on the sample rows, before and after.
+"""
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Optional, Sequence
+import time
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..model.qat import quant_layers
-from ..weight_layer import QuantWeightLayer
+from ..model.calibrate import _progress
+from ..model.qat import quantization_disabled
 from . import fold
+from .capture import as_batches, check_data
 from .graph import Forward, InputGroup, fold_preserves, input_groups
+from .layer_inputs import LayerInputs, collect_inputs, float_output, relative_error
+from .report import LayerReport, PTQReport
+from .runner import eval_mode
+from .targets import select_layers
 
 logger = logging.getLogger("qlayers.ptq")
 
+#: ``choose(layers, rows, references, stats) -> (s, note)`` for one group.
+Choose = Callable[[List[nn.Module], torch.Tensor, List[torch.Tensor], LayerInputs], Tuple[torch.Tensor, str]]
+#: ``finish(layer, rows_it_now_receives) -> note`` after the scale is committed.
+Finish = Callable[[nn.Module, torch.Tensor], str]
 
-def target_layers(model: nn.Module, layers: Optional[Sequence[str]], algorithm: str) -> List[str]:
-    """Names of the quantized Linear/Conv layers to transform: all of them, or those matching the
-    patterns ``layers`` (globs or regexes, as config overrides). A matched layer that cannot take
-    a per-input-channel scale raises, naming it."""
-    if layers is not None and (isinstance(layers, str) or not all(isinstance(p, str) for p in layers)):
-        raise TypeError(f"{algorithm}: layers must be a list of layer-name patterns, got {layers!r}")
-    names = []
-    for name, layer in quant_layers(model, layers):
-        if not isinstance(layer, QuantWeightLayer) or layer.weight_quant is None and layer.input_quant is None:
-            continue
-        if layers is None and not fold.is_consumer(layer):
-            continue  # embeddings, grouped or transposed convolutions: left alone
-        fold.check_consumer(layer, name)
-        names.append(name)
-    if not names:
-        raise ValueError(
-            f"{algorithm}: no quantized Linear/Conv layer {'matches layers=' + repr(list(layers)) if layers else 'in the model'}; "
-            "quantize the model first (qlayers.quantize_model)"
-        )
-    return names
+
+def applies(layer: nn.Module) -> Optional[str]:
+    """Why a per-input-channel scale cannot apply to ``layer``, or None."""
+    if fold.is_consumer(layer):
+        return None
+    return f"a per-input-channel scale needs a Linear or a Conv with groups=1, not {type(layer).__name__}" + (
+        f"(groups={layer.groups})" if hasattr(layer, "groups") else "")
+
+
+def check(model: nn.Module, algorithm: str, layers: Optional[Sequence[str]]) -> dict:
+    """The layers ``algorithm`` will scale (raises, naming a named layer it cannot apply to)."""
+    return select_layers(model, algorithm, applies, layers)[0]
+
+
+def scale_groups(
+    model: nn.Module, data: Any, *, algorithm: str, choose: Choose, finish: Optional[Finish] = None,
+    layers: Optional[Sequence[str]] = None, fold_into_producer: bool = True, input_multiplier: bool = True,
+    max_rows: int = 512, forward: Forward = None, progress: bool = True,
+) -> PTQReport:
+    """Run the procedure of the module docstring; returns the per-layer report."""
+    batches = as_batches(data)
+    targets, skipped = select_layers(model, algorithm, applies, layers)
+    if not targets:
+        raise ValueError(f"{algorithm}: the model has no quantized Linear/Conv layer to scale; quantize it first (qlayers.quantize_model)")
+    names = list(targets)
+    rows: List[LayerReport] = []
+    with eval_mode(model):
+        with quantization_disabled(model):  # no calibration yet: check the data on the float network
+            check_data(model, batches, targets, forward)
+        groups = plan(model, names, batches[0] if isinstance(batches, list) else next(iter(batches)),
+                      fold_into_producer=fold_into_producer, input_multiplier=input_multiplier, algorithm=algorithm, forward=forward)
+        inputs = collect_inputs(model, names, batches, max_rows=max_rows, forward=forward)
+        modules = dict(model.named_modules())
+        for group in _progress(groups, len(groups), progress, desc=algorithm):
+            start = time.perf_counter()
+            members = [modules[n] for n in group.consumers]
+            x = inputs[group.consumers[0]].rows
+            references = [float_output(layer, x) for layer in members]
+            before = [relative_error(layer, x, ref) for layer, ref in zip(members, references)]
+            s, note = choose(members, x, references, inputs[group.consumers[0]])
+            commit(model, group, s)
+            for name, layer, ref, error in zip(group.consumers, members, references, before):
+                x_after = inputs_after(group, layer, x, s)
+                detail = f"{note}, {group.describe()}" + (f", {finish(layer, x_after)}" if finish else "")
+                after = relative_error(layer, x_after, ref)
+                rows.append(LayerReport(name, algorithm, error, after, (time.perf_counter() - start) / len(members), detail))
+    return PTQReport(tuple(rows), tuple(skipped))
 
 
 def plan(
     model: nn.Module, names: Sequence[str], batch: Any, *, fold_into_producer: bool, input_multiplier: bool,
-    algorithm: str, forward: Optional[Forward] = None,
+    algorithm: str, forward: Forward = None,
 ) -> List[InputGroup]:
     """Group ``names`` by shared input and choose where each group's ``1 / s`` goes; raises
     ``ValueError`` naming the first layer that can take it nowhere."""
@@ -84,4 +131,4 @@ def commit(model: nn.Module, group: InputGroup, s: torch.Tensor) -> None:
         if observer is not None and observer.is_initialized:
             observer.reset()
             quantizer.range_source = quantizer.default_range_source
-            logger.warning("%s: the calibrated input range of %s was reset (its input changed); calibrate again", type(model).__name__, name)
+            logger.warning("the calibrated input range of %s was reset (its input changed); calibrate again", name)

@@ -19,52 +19,85 @@ nothing else), and every fold is checked to leave the model's outputs unchanged.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..model.config import name_matches
+from ..weight_layer import QuantWeightLayer
 from . import fold
-from .graph import Forward, InputGroup, _outputs, fold_preserves, input_groups, trace_tensors
-from .layer_inputs import calibration_batches
-from .results import AlgorithmReport, LayerResult
+from .capture import Forward, as_batches
+from .graph import InputGroup, _outputs, fold_preserves, input_groups, trace_tensors
+from .layer_inputs import collect_inputs, float_output, relative_error
+from .registry import register
+from .report import LayerReport, PTQReport
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+@register("equalize")
 def equalize(
     model: nn.Module, data: Any, *, iterations: int = 20, fold_batchnorm: bool = True,
-    layers: Optional[Sequence[str]] = None, forward: Optional[Forward] = None,
-) -> AlgorithmReport:
+    layers: Optional[Sequence[str]] = None, forward: Forward = None, progress: bool = True,
+) -> PTQReport:
     """Fold BatchNorms and equalize the ranges of consecutive layers of ``model`` in place (see
     the module docstring); float or quantized models (run it before calibration).
 
     Args:
         model: the model (put in eval mode).
-        data: calibration batches; only the first is run (to find the pairs and check the folds).
+        data: calibration batches; only the first is run (to find the pairs, check the folds and
+            measure the errors).
         iterations: the most sweeps over the pairs.
         fold_batchnorm: fold BatchNorms into their preceding Linear/Conv first.
         layers: name patterns of the consumer layers to equalize (default: every Linear and
             groups=1 Conv with a Linear/Conv producer).
         forward: ``forward(model, batch)`` for batches the default call does not fit.
+        progress: unused (one batch); accepted as every algorithm's.
+
+    Returns:
+        A :class:`~qlayers.ptq.report.PTQReport` with a row per quantized layer that changed:
+        its relative output error on the first batch after BatchNorm folding and after
+        equalization (a float model has no rows).
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"equalize: iterations must be a positive int, got {iterations!r}")
-    probe = calibration_batches(data)[0]
+    probe = next(iter(as_batches(data)), None)
+    if probe is None:
+        raise ValueError("equalize: data is empty; give at least one batch")
     model.eval()
-    report = AlgorithmReport("equalize", options={"iterations": iterations})
+    start = time.perf_counter()
     reference = _outputs(model, probe, forward)
+    notes: Dict[str, List[str]] = {}
     if fold_batchnorm:
         for layer_name, bn_name in fold_batchnorms(model, probe, forward):
-            report.layers.append(LayerResult(bn_name, detail=f"BatchNorm folded into {layer_name}"))
+            notes.setdefault(layer_name, []).append(f"{bn_name} folded in")
     names = [n for n, m in model.named_modules() if fold.is_consumer(m) and (layers is None or any(name_matches(p, n) for p in layers))]
     groups = [g for g in input_groups(model, names, probe, forward, producer_kinds=_LAYERS) if g.producer]
     groups = [g for g in fold_preserves(model, groups, probe, forward) if g.producer]
+    for group in groups:
+        notes.setdefault(group.producer, []).append(f"equalized with {', '.join(group.consumers)}")
+        for name in group.consumers:
+            notes.setdefault(name, []).append(f"equalized with {group.producer}")
     modules = dict(model.named_modules())
-    sweeps = 0
-    for sweeps in range(1, iterations + 1):
+    measured = [n for n in notes if isinstance(modules[n], QuantWeightLayer)]
+    before = _errors(model, measured, probe, forward)
+    sweeps = _sweep(modules, groups, iterations)
+    after = _errors(model, measured, probe, forward)
+    _check_unchanged(model, probe, forward, reference)
+    seconds = (time.perf_counter() - start) / max(1, len(measured))
+    rows = tuple(
+        LayerReport(n, "equalize", before[n], after[n], seconds, "; ".join(notes[n]) + (f" ({sweeps} sweeps)" if groups else ""))
+        for n in measured
+    )
+    return PTQReport(rows)
+
+
+def _sweep(modules: Dict[str, nn.Module], groups: Sequence[InputGroup], iterations: int) -> int:
+    """Equalize every group until no scale moves by more than 0.1% (or ``iterations`` sweeps)."""
+    for sweep in range(1, iterations + 1):
         change = 0.0
         for group in groups:
             producer, consumers = modules[group.producer], [modules[n] for n in group.consumers]
@@ -72,11 +105,17 @@ def equalize(
             fold.fold_scale(producer, consumers, s)
             change = max(change, float(s.log().abs().max()))
         if change < 1e-3:
-            break
-    for group in groups:
-        report.layers.append(LayerResult(", ".join(group.consumers), detail=f"equalized with {group.producer} ({sweeps} sweeps)"))
-    _check_unchanged(model, probe, forward, reference)
-    return report
+            return sweep
+    return iterations
+
+
+def _errors(model: nn.Module, names: Sequence[str], batch: Any, forward: Forward) -> Dict[str, float]:
+    """Each layer's relative output error on its (float network) inputs from ``batch``."""
+    if not names:
+        return {}
+    inputs = collect_inputs(model, names, [batch], max_rows=1 << 30, forward=forward)
+    modules = dict(model.named_modules())
+    return {n: relative_error(modules[n], inputs[n].rows, float_output(modules[n], inputs[n].rows)) for n in names}
 
 
 def equalization_scale(producer: nn.Module, consumers: Sequence[nn.Module]) -> torch.Tensor:

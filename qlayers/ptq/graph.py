@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..model.calibrate import _default_forward
 from ..model.qat import quantization_disabled
 from . import fold
+from .capture import Forward, run_batch
 
 #: Modules ``f`` with ``f(x / s) = f(x) / s`` for a positive per-channel ``s`` (in eval mode).
 PASS_THROUGH = (nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
-
-Forward = Callable[[nn.Module, Any], Any]
 
 
 @dataclass
@@ -94,7 +92,7 @@ def trace_tensors(model: nn.Module, batch: Any, forward: Optional[Forward] = Non
         handles.append(module.register_forward_hook(post(name)))
     try:
         with quantization_disabled(model), torch.no_grad():
-            (forward or _default_forward)(model, batch)
+            run_batch(model, batch, forward)
     finally:
         for handle in handles:
             handle.remove()
@@ -205,7 +203,7 @@ def _restored(model: nn.Module) -> Iterator[None]:
 
 def _outputs(model: nn.Module, batch: Any, forward: Optional[Forward]) -> List[torch.Tensor]:
     with quantization_disabled(model), torch.no_grad():
-        out = (forward or _default_forward)(model, batch)
+        out = run_batch(model, batch, forward)
     return [t.detach().float() for t in _tensors(out)]
 
 

@@ -17,11 +17,10 @@ from torch import nn
 
 from quantizers import RangeSource, TensorQuantizer
 
-from ..model.calibrate import _default_forward, _progress, _to_device
 from ..model.qat import quantization_disabled
 from ..quant_layer import QuantLayer, dequantize
-
-Forward = Callable[[nn.Module, Any], Any]
+from .capture import Forward, run_batch
+from .distributed import all_reduce_count, all_reduce_sum, is_distributed
 
 
 @dataclass
@@ -34,32 +33,6 @@ class LayerInputs:
     rows: torch.Tensor
     count: int = 0
     parts: List[torch.Tensor] = field(default_factory=list, repr=False)
-
-
-def calibration_batches(data: Any, name: str = "data") -> List[Any]:
-    """``data`` as a list of batches (it is iterated more than once); empty data raises."""
-    if isinstance(data, (torch.Tensor, dict)):
-        batches = [data]
-    else:
-        try:
-            batches = list(data)
-        except TypeError:
-            raise TypeError(f"{name} must be an iterable of batches (tensors, tuples or dicts), got {type(data).__name__}") from None
-    if not batches:
-        raise ValueError(f"{name} is empty: calibration needs at least one batch")
-    return batches
-
-
-def model_device(model: nn.Module) -> Optional[torch.device]:
-    return next((t.device for t in list(model.parameters()) + list(model.buffers())), None)
-
-
-def run(model: nn.Module, batches: Sequence[Any], forward: Optional[Forward] = None, desc: str = "") -> None:
-    """Run every batch through ``model`` (no grad, on the model's device)."""
-    device = model_device(model)
-    with torch.no_grad():
-        for batch in _progress(batches, len(batches), bool(desc)) if desc else batches:
-            (forward or _default_forward)(model, _to_device(batch, device))
 
 
 def collect_inputs(
@@ -90,8 +63,9 @@ def collect_inputs(
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
     try:
-        with quantization_disabled(model) if float_model else contextlib.nullcontext():
-            run(model, batches, forward)
+        with quantization_disabled(model) if float_model else contextlib.nullcontext(), torch.no_grad():
+            for batch in batches:
+                run_batch(model, batch, forward)
     finally:
         for handle in handles:
             handle.remove()
@@ -100,7 +74,19 @@ def collect_inputs(
             raise ValueError(f"layer {name!r} received no input from the calibration data; leave it out of `layers`")
         stats = found[name]
         stats.rows, stats.parts = torch.cat(stats.parts)[:max_rows], []
+        _combine_ranks(stats)
     return found
+
+
+def _combine_ranks(stats: LayerInputs) -> None:
+    """Under ``torch.distributed``: the maximum and the mean over every rank's data (each rank
+    keeps its own sample rows)."""
+    if not is_distributed():
+        return
+    torch.distributed.all_reduce(stats.absmax, op=torch.distributed.ReduceOp.MAX)
+    total = all_reduce_count(stats.count, stats.absmean.device)
+    stats.absmean = all_reduce_sum(stats.absmean * stats.count) / total
+    stats.count = int(total)
 
 
 @contextlib.contextmanager
@@ -135,8 +121,11 @@ def float_output(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
         return quantized_output(layer, x)
 
 
-def output_error(layer: QuantLayer, x: torch.Tensor, reference: torch.Tensor) -> float:
-    """Mean squared error of :func:`quantized_output` against ``reference`` (static activation
-    ranges from ``x`` itself unless frozen by calibration)."""
+def relative_error(layer: QuantLayer, x: torch.Tensor, reference: torch.Tensor) -> float:
+    """``||quantized_output(x) - reference||^2 / ||reference||^2`` (the report's error, see
+    :mod:`qlayers.ptq.report`), static activation ranges from ``x`` itself unless frozen by
+    calibration."""
     with own_ranges(layer):
-        return float((quantized_output(layer, x) - reference).pow(2).mean())
+        error = (quantized_output(layer, x) - reference).double().pow(2).sum()
+    norm = reference.double().pow(2).sum()
+    return float(error / norm) if norm > 0 else float(error)

@@ -25,57 +25,77 @@ calibration inputs ``x`` (the float network's, at most ``max_rows`` rows) and fl
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..model.calibrate import calibrate
-from ..model.qat import quant_layers
 from ..quant_layer import dequantize
-from ..weight_layer import QuantWeightLayer
+from .capture import Forward, as_batches
 from .clipping import output_unit_errors, search_clip
-from .graph import Forward
-from .layer_inputs import calibration_batches, collect_inputs, float_output, quantized_output
-from .results import AlgorithmReport, LayerResult
+from .layer_inputs import float_output, quantized_output
+from .registry import register
+from .report import PTQReport
+from .runner import run_layer_by_layer
+from .targets import select_layers
 
 DEFAULT_RATIOS = tuple(float(2.0 ** (k / 4)) for k in range(-12, 5))
 
 
+def _applies(layer: nn.Module) -> Optional[str]:
+    if getattr(layer, "weight_quant", None) is None:
+        return "its weight is not quantized"
+    if not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
+        return f"OFMR tunes Linear and Conv layers, not {type(layer).__name__}"
+    return None
+
+
+def _check(model: nn.Module, *, ratios=None, layers=None, **_: Any) -> Dict[str, nn.Module]:
+    _ratios(ratios)
+    return select_layers(model, "ofmr", _applies, layers)[0]
+
+
+@register("ofmr", check=_check)
 def ofmr(
     model: nn.Module, data: Any, *, ratios: Optional[Sequence[float]] = None, layers: Optional[Sequence[str]] = None,
-    max_rows: int = 512, forward: Optional[Forward] = None,
-) -> AlgorithmReport:
-    """Search each layer's activation and weight scales (see the module docstring) in place.
+    max_rows: int = 4096, forward: Forward = None, progress: bool = True,
+) -> PTQReport:
+    """Search each layer's activation and weight scales (see the module docstring) in place,
+    layer by layer in the order the model runs them (:mod:`qlayers.ptq.runner`: each layer sees
+    the inputs of the model quantized up to it, earlier layers already tuned).
 
     Args:
         model: a quantized model (:func:`qlayers.quantize_model`, typically FP8 or HiFloat8 weights
-            and inputs); calibrated here first if its static quantizers are not.
+            and inputs); calibrated here first if any of its static quantizers is not.
         data: calibration batches (tensors, ``(input, target)`` tuples or dicts of model kwargs).
         ratios: the grid of multiples of the calibrated range (default ``DEFAULT_RATIOS``).
         layers: name patterns of the layers to tune (default: every Linear/Conv with a weight quantizer).
-        max_rows: input rows per layer the search scores candidates on.
+        max_rows: input rows per layer the search scores candidates on (taken evenly).
         forward: ``forward(model, batch)`` for batches the default call does not fit.
+        progress: show a tqdm bar (when tqdm is installed).
     """
-    ratios = _ratios(ratios)
-    batches = calibration_batches(data)
-    names = [n for n, m in quant_layers(model, layers) if isinstance(m, QuantWeightLayer) and m.weight_quant is not None and isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    if not names:
-        raise ValueError(f"ofmr: no quantized Linear/Conv layer {'matches ' + repr(list(layers)) if layers else 'in the model'}")
-    modules = dict(model.named_modules())
-    if any(_observer(modules[n]) is not None and not _observer(modules[n]).is_initialized for n in names):
+    grid = _ratios(ratios)
+    batches = as_batches(data)
+    targets, skipped = select_layers(model, "ofmr", _applies, layers)
+    if any(_observer(layer) is not None and not _observer(layer).is_initialized for layer in targets.values()):
         calibrate(model, batches, forward=forward, progress=False)
-    inputs = collect_inputs(model, names, batches, max_rows=max_rows, forward=forward)
-    report = AlgorithmReport("ofmr", options={"ratios": f"{min(ratios):.3g}..{max(ratios):.3g} ({len(ratios)})"})
-    for name in names:
-        layer, x = modules[name], inputs[name].rows
+
+    def step(name: str, layer: nn.Module, inputs: List[torch.Tensor]) -> str:
+        x = _rows(layer, inputs, max_rows)
         y = float_output(layer, x)
-        before = _error(layer, x, y)
-        detail = _search_activation(layer, x, y, ratios)
-        clips = sorted((r for r in ratios if r <= 1), reverse=True)  # 1 first: ties keep the weight
-        detail += ", weight " + search_clip(layer, clips, _output_score(layer, x, y), allow_groups=False)
-        report.layers.append(LayerResult(name, before, _error(layer, x, y), detail))
-    return report
+        detail = _search_activation(layer, x, y, grid)
+        clips = sorted((r for r in grid if r <= 1), reverse=True)  # 1 first: ties keep the weight
+        return detail + ", weight " + search_clip(layer, clips, _output_score(layer, x, y), allow_groups=False)
+
+    return run_layer_by_layer(model, batches, targets, step, algorithm="ofmr", forward=forward, progress=progress, skipped=skipped)
+
+
+def _rows(layer: nn.Module, inputs: List[torch.Tensor], max_rows: int) -> torch.Tensor:
+    """The captured inputs as one tensor: ``(N, C)`` rows for a Linear, samples for a Conv, at most
+    ``max_rows`` of them, evenly strided."""
+    x = torch.cat([t.reshape(-1, t.shape[-1]) if isinstance(layer, nn.Linear) else t for t in inputs])
+    return x[:: max(1, -(-x.shape[0] // max_rows))]
 
 
 def _observer(layer: nn.Module):

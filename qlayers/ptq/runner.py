@@ -41,11 +41,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def output_error(layer: nn.Module, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor]) -> float:
     """``sum ||layer(x) - op(x, weight, bias)||^2 / sum ||op(x, weight, bias)||^2`` over ``inputs``
-    (summed over ranks), with ``op`` the layer's float operation (see :mod:`qlayers.ptq.report`)."""
+    (summed over ranks), with ``op`` the layer's float operation (see :mod:`qlayers.ptq.report`)
+    on ``x`` times the layer's input multiplier, if any."""
     sums = torch.zeros(2, dtype=torch.float64, device=weight.device)
     with torch.no_grad():
         for x in inputs:
-            reference = layer.quant_op(x, weight, bias).double()
+            reference = layer.quant_op(layer.multiply_input(x), weight, bias).double()
             sums[0] += (dequantize(layer(x)).double() - reference).pow(2).sum()
             sums[1] += reference.pow(2).sum()
     all_reduce_sum(sums)

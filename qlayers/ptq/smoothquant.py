@@ -22,22 +22,29 @@ from torch import nn
 
 from . import channel_scales
 from .graph import Forward
-from .layer_inputs import calibration_batches, collect_inputs, float_output, output_error
-from .results import AlgorithmReport, LayerResult
+from .registry import register
+from .report import PTQReport
 
 
+def _check(model: nn.Module, *, alpha=None, smooth_strength=None, layers=None, **_: Any) -> dict:
+    _strength(alpha, smooth_strength)
+    return channel_scales.check(model, "smoothquant", layers)
+
+
+@register("smoothquant", check=_check)
 def smoothquant(
     model: nn.Module,
     data: Any,
-    alpha: Optional[float] = None,
     *,
+    alpha: Optional[float] = None,
     smooth_strength: Optional[float] = None,
     layers: Optional[Sequence[str]] = None,
     fold: bool = True,
     input_multiplier: bool = True,
     max_rows: int = 512,
-    forward: Optional[Forward] = None,
-) -> AlgorithmReport:
+    forward: Forward = None,
+    progress: bool = True,
+) -> PTQReport:
     """Smooth the quantized Linear/Conv layers of ``model`` in place (see the module docstring).
 
     Args:
@@ -51,41 +58,28 @@ def smoothquant(
             with False such a layer raises ``ValueError`` before anything changes.
         max_rows: input rows kept per layer to measure the error (the report only).
         forward: ``forward(model, batch)`` for batches the default call does not fit.
+        progress: show a tqdm bar (when tqdm is installed).
 
     Returns:
-        An :class:`~qlayers.ptq.results.AlgorithmReport`: per layer the output MSE of the
+        A :class:`~qlayers.ptq.report.PTQReport`: per layer the relative output error of the
         quantized layer before and after smoothing, and where the scale went.
 
     Example::
 
-        qmodel = qlayers.quantize_model(model, {"weights": "int8", "inputs": "int8"})
+        qmodel = qlayers.quantize_model(model, {"weights": "Int8WeightPerChannelFloat", "inputs": "Int8ActPerTensorFloat"})
         print(qlayers.ptq.smoothquant(qmodel, batches, alpha=0.5))
         qlayers.calibrate(qmodel, batches)
     """
-    alpha = _strength(alpha, smooth_strength)
-    batches = calibration_batches(data)
-    names = channel_scales.target_layers(model, layers, "smoothquant")
-    groups = channel_scales.plan(
-        model, names, batches[0], fold_into_producer=fold, input_multiplier=input_multiplier,
-        algorithm="smoothquant", forward=forward,
-    )
-    inputs = collect_inputs(model, names, batches, max_rows=max_rows, forward=forward)
-    modules = dict(model.named_modules())
-    report = AlgorithmReport("smoothquant", options={"alpha": alpha})
-    for group in groups:
-        layers_ = [modules[n] for n in group.consumers]
-        x_max = inputs[group.consumers[0]].absmax
+    strength = _strength(alpha, smooth_strength)
+
+    def choose(layers_, rows, references, stats):
         w_max = torch.stack([_weight_absmax(layer) for layer in layers_]).amax(0)
-        s = smoothing_scale(x_max, w_max, alpha)
-        rows = {n: inputs[n].rows for n in group.consumers}
-        references = {n: float_output(modules[n], rows[n]) for n in group.consumers}
-        before = {n: output_error(modules[n], rows[n], references[n]) for n in group.consumers}
-        channel_scales.commit(model, group, s)
-        for name in group.consumers:
-            x = channel_scales.inputs_after(group, modules[name], rows[name], s)
-            after = output_error(modules[name], x, references[name])
-            report.layers.append(LayerResult(name, before[name], after, group.describe()))
-    return report
+        return smoothing_scale(stats.absmax, w_max, strength), f"alpha={strength:g}"
+
+    return channel_scales.scale_groups(
+        model, data, algorithm="smoothquant", choose=choose, layers=layers, fold_into_producer=fold,
+        input_multiplier=input_multiplier, max_rows=max_rows, forward=forward, progress=progress,
+    )
 
 
 def smoothing_scale(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> torch.Tensor:
