@@ -4,7 +4,7 @@ One forward of a probe batch with hooks on every module records the tensor objec
 received and returned. A layer's input is matched to the module that returned that very tensor
 (the innermost one: a ``Sequential`` returns its last child's tensor). Pass-through modules that
 commute with a positive per-channel scale (``f(x / s) = f(x) / s`` for ``s > 0``: ReLU, LeakyReLU,
-Dropout in eval, Identity) are walked through. Layers that receive the same tensor (the q/k/v
+Dropout in eval, Identity, max and average pooling) are walked through. Layers that receive the same tensor (the q/k/v
 projections after a LayerNorm) form one :class:`InputGroup`: they must share one scale vector.
 
 The match says who *computed* the input, not who else *reads* it: a post-LN transformer's
@@ -27,7 +27,12 @@ from . import fold
 from .capture import Forward, run_batch
 
 #: Modules ``f`` with ``f(x / s) = f(x) / s`` for a positive per-channel ``s`` (in eval mode).
-PASS_THROUGH = (nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
+PASS_THROUGH = (
+    nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)
 
 
 @dataclass
