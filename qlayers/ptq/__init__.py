@@ -15,9 +15,12 @@ Example::
     report = qlayers.ptq.apply(qmodel, batches, algorithms=["gptq"])
     print(report)
 
-Algorithms register themselves with :func:`~qlayers.ptq.registry.register`; the layer-by-layer
-runner (:mod:`~qlayers.ptq.runner`) holds one layer's inputs at a time, and under
-``torch.distributed`` the statistics are summed over ranks (:mod:`~qlayers.ptq.distributed`).
+The algorithms: :func:`smoothquant`, :func:`awq` (per-input-channel scales folded into the
+preceding op or kept as an input multiplier), :func:`equalize` (BatchNorm folding and cross-layer
+equalization), :func:`bias_correction` and :func:`ofmr` (FP8/HiFloat8 scale search); their
+modules' docstrings give the formulas. Algorithms register themselves with
+:func:`~qlayers.ptq.registry.register`; the layer-by-layer runner (:mod:`~qlayers.ptq.runner`)
+holds one layer's inputs at a time, and under ``torch.distributed`` the statistics are summed over ranks (:mod:`~qlayers.ptq.distributed`).
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ BatchNorm folded first.
 1. **BatchNorm folding**: a BatchNorm (eval) whose input is a Linear/Conv's output folds into it
    (:func:`qlayers.ptq.fold.fold_batchnorm_into`) and becomes ``nn.Identity``.
 2. **Equalization**: for every pair producer -> consumer(s) (Conv-ReLU-Conv, Linear-ReLU-Linear,
-   also with Dropout/Identity or nothing between; consumers sharing the input form one group),
+   also with max/average pooling, Dropout, Identity or nothing between; consumers sharing the
+   input form one group),
    with ``r1_i`` the range ``max|W1[i, ...]|`` of the producer's output channel ``i`` and ``r2_i``
    the range ``max|W2[:, i, ...]|`` of input channel ``i`` over the consumers::
 
