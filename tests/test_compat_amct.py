@@ -103,9 +103,10 @@ def test_other_types_and_strategies():
     assert resolve_attributes(spec_to_quantizer(out["inputs"], "input")) == resolve_attributes(qz.MXFloat8e4m3Act)
 
 
-def test_unknown_algorithm_options_raise_before_the_model_runs():
-    with pytest.raises(TypeError, match="has no option 'grid_num'"):
-        quantize(build_model(), {'batch_num': 1, 'quant_cfg': {'weights': {'type': 'int8'}}, 'algorithm': {'awq': {'grid_num': 20}}})
+@pytest.mark.parametrize("algorithm", ["gptq", {"awq": {"grids_num": 20}}, {"smoothquant": {"smooth_strength": 0.5}}, {"ofmr"}])
+def test_unsupported_algorithms_raise_not_implemented(algorithm):
+    with pytest.raises(NotImplementedError, match="not yet supported"):
+        quantize(build_model(), {'batch_num': 1, 'quant_cfg': {'weights': {'type': 'int8'}}, 'algorithm': algorithm})
 
 
 def test_skip_layers_are_substrings():

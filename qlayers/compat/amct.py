@@ -24,12 +24,8 @@ Config (AMCT's keys)::
 - ``strategy``: weights ``tensor``/``channel``/``group`` (``group_size``: a multiple of 32);
   inputs ``tensor`` (static, min/max over the calibration batches) or ``token`` (dynamic).
   MX types are per block of 32 (``group``, their default and only strategy; dynamic for inputs).
-- ``algorithm``: ``minmax`` (the default), ``gptq``, ``awq`` (``grids_num``, default 20),
-  ``smoothquant`` (``smooth_strength``, default 0.5) and ``ofmr``, as a name, a set/list of names
-  or a dict ``{name: {options}}``; each runs :mod:`qlayers.ptq`'s algorithm of that name with the
-  options as given. With an algorithm the ``batch_num`` calibration calls are recorded; after the
-  last one the algorithms run on those batches (:func:`qlayers.ptq.apply`, in the order
-  SmoothQuant/AWQ, GPTQ, OFMR) and then the activation ranges are calibrated on them afresh. HiFloat8 uses qzoo's HiF8 default, a power-of-two scale of least
+- ``algorithm``: ``minmax`` (the default). ``gptq``, ``awq``, ``smoothquant`` and ``ofmr`` raise
+  ``NotImplementedError``. HiFloat8 uses qzoo's HiF8 default, a power-of-two scale of least
   squared error (the weight-side analogue of OFMR's power-of-two search).
 - ``skip_layers``: layers whose name contains one of the strings stay float.
 """
@@ -58,7 +54,7 @@ INPUT_TYPES = {
 WEIGHT_STRATEGIES = ("tensor", "channel", "group")
 INPUT_STRATEGIES = ("tensor", "token")
 ALGORITHMS = ("minmax", "gptq", "awq", "smoothquant", "ofmr")
-_ORDER = ("smoothquant", "awq", "gptq", "ofmr")  # scales before calibration, OFMR on calibrated ranges
+SUPPORTED_ALGORITHMS = ("minmax",)
 _HOOK = "_qzoo_amct_calibration_hook"
 
 
@@ -68,80 +64,19 @@ def quantize(model: nn.Module, config: Mapping[str, Any]) -> nn.Module:
     With ``inputs`` in ``quant_cfg`` the model calibrates its activation ranges over the next
     ``batch_num`` forward calls, then quantizes them (call :func:`convert` to stop earlier)."""
     qzoo_config, batch_num = translate(config)
-    algorithms = _algorithms(config.get("algorithm", "minmax"))
     model = quantize_model(model, qzoo_config, inplace=True)
-    if algorithms:
-        from .. import ptq
-
-        ptq.parse_algorithms(algorithms)  # unknown options raise before the model runs
-        _record_for(model, batch_num, algorithms, qzoo_config.get("inputs") is not None)
-    elif qzoo_config.get("inputs") is not None:
+    if qzoo_config.get("inputs") is not None:
         _calibrate_for(model, batch_num)
     return model
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """End calibration now (if it is still running): the algorithms run on the batches seen so far
-    (if any), activation ranges freeze and quantize."""
+    """End calibration now (if it is still running): activation ranges freeze and quantize."""
     hook = model.__dict__.pop(_HOOK, None)
-    if isinstance(hook, _Recording):
-        hook.finish()
-    elif hook is not None:
+    if hook is not None:
         hook.remove()
         finish_calibration(model)
     return model
-
-
-class _Recording:
-    """The calibration calls of a config with algorithms: recorded, then the algorithms run."""
-
-    def __init__(self, model: nn.Module, batch_num: int, algorithms: list, calibrate_inputs: bool):
-        self.model, self.batch_num, self.algorithms, self.calibrate_inputs = model, batch_num, algorithms, calibrate_inputs
-        self.calls: list = []
-        self.handles = [
-            model.register_forward_pre_hook(self._record, with_kwargs=True),
-            model.register_forward_hook(self._count),
-        ]
-        start_calibration(model)  # the recorded calls compute the float model, as AMCT's do
-
-    def _record(self, module, args, kwargs):
-        self.calls.append((tuple(args), dict(kwargs)))
-
-    def _count(self, module, args, output):
-        if len(self.calls) >= self.batch_num:
-            convert(module)
-
-    def finish(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        finish_calibration(self.model)
-        if not self.calls:
-            return
-        from .. import ptq
-        from ..model.calibrate import calibrate
-
-        ptq.apply(self.model, self.calls, self.algorithms, forward=_replay, progress=False)
-        if self.calibrate_inputs:
-            calibrate(self.model, self.calls, forward=_replay, reset=True, progress=False)
-
-
-def _replay(model: nn.Module, call: Any) -> Any:
-    args, kwargs = call
-    return model(*args, **kwargs)
-
-
-def _record_for(model: nn.Module, batch_num: int, algorithms: list, calibrate_inputs: bool) -> None:
-    model.__dict__[_HOOK] = _Recording(model, batch_num, algorithms, calibrate_inputs)
-
-
-def _algorithms(algorithm: Any) -> list:
-    """The qlayers.ptq algorithm list of an AMCT ``algorithm`` entry (``minmax`` is plain rounding)."""
-    if isinstance(algorithm, str):
-        algorithm = {algorithm: None}
-    elif not isinstance(algorithm, Mapping):
-        algorithm = {name: None for name in algorithm}
-    named = {name: options for name, options in algorithm.items() if name != "minmax"}
-    return [{name: dict(named[name] or {})} for name in _ORDER if name in named]
 
 
 def translate(config: Mapping[str, Any]) -> "tuple[Dict[str, Any], int]":
@@ -181,9 +116,8 @@ def _check_algorithm(algorithm: Any) -> None:
     for name in names:
         if name not in ALGORITHMS:
             raise bad_value("algorithm", name, ALGORITHMS)
-        options = algorithm[name] if isinstance(algorithm, Mapping) else None
-        if options is not None and not isinstance(options, Mapping):
-            raise bad_type(f"algorithm.{name}", options, "a dict of options, e.g. {'grids_num': 20}")
+        if name not in SUPPORTED_ALGORITHMS:
+            raise NotImplementedError(f"AMCT algorithm {name!r} is not yet supported by qzoo; supported: {', '.join(SUPPORTED_ALGORITHMS)}")
 
 
 def _tensor(cfg: Any, path: str, types: Mapping[str, Dict[str, Any]], strategies, weights: bool) -> Dict[str, Any]:
