@@ -113,3 +113,11 @@ def test_dtype_casts_leave_the_packed_bits_alone():
     net.half()
     for name, b in packed.named_buffers():
         assert b.dtype == before[name][0] and torch.equal(b.view(torch.uint8) if b.element_size() == 1 else b, before[name][1].view(torch.uint8) if b.element_size() == 1 else before[name][1])
+
+
+def test_summary_of_a_frozen_model_equals_the_fake_quant_models():
+    net = calibrated(**CASES["int4_group"])
+    before = qlayers.summary(net, verbose=False)
+    after = qlayers.summary(qlayers.freeze(net), verbose=False)
+    assert after.layers == before.layers
+    assert (after.total_float_bytes, after.total_packed_bytes) == (before.total_float_bytes, before.total_packed_bytes)

@@ -5,7 +5,9 @@ of its weight scales, the input/output (or activation) quantizers (format, stati
 the calibrated range), and the bytes of its parameters before and after packing. "Before" is every
 parameter at its stored dtype; "after" is the packed quantized weight
 (``QuantTensor.pack().nbytes``: codes, scales, zero points) plus the bias at its quantized width
-or stored dtype. Model totals count every parameter of the model, quantized or not.
+or stored dtype. Model totals count every parameter of the model, quantized or not. A frozen
+layer (``qlayers.freeze``) counts its weight at the float dtype it had before and its packed
+buffers after.
 """
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ def summary(model: nn.Module, *, verbose: bool = True) -> ModelSummary:
                 rows.append(row)
                 saved += row.float_bytes - row.packed_bytes
     total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(_frozen_weight_bytes(m) for m in model.modules() if isinstance(m, QuantLayer))  # weights freeze removed
     result = ModelSummary(tuple(rows), total, total - saved)
     if verbose:
         print(result)
@@ -96,22 +99,34 @@ def summary(model: nn.Module, *, verbose: bool = True) -> ModelSummary:
 
 def _layer_summary(name: str, layer: QuantLayer) -> LayerSummary:
     weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
-    float_bytes = sum(_nbytes(t) for t in (weight, bias) if isinstance(t, torch.Tensor))
+    frozen = _frozen_weight_bytes(layer)  # qlayers.freeze: the weight lives only in packed storage
+    float_bytes = frozen + sum(_nbytes(t) for t in (weight, bias) if isinstance(t, torch.Tensor))
     fmt = "float" if isinstance(weight, torch.Tensor) else "-"
     packed_bytes, granularity, scale_min, scale_max = float_bytes, "-", None, None
     quantizer = getattr(layer, "weight_quant", None)
-    if isinstance(weight, torch.Tensor) and quantizer is not None:
+    if (isinstance(weight, torch.Tensor) or frozen) and quantizer is not None:
         qt = layer.quant_weight()
         fmt, granularity = describe_quantizer(quantizer)
         scales = _effective_scales(qt)
         scale_min, scale_max = float(scales.min()), float(scales.max())
-        packed_bytes = _packed_nbytes(qt) + _bias_nbytes(layer, bias)
+        weight_bytes = layer.packed_weight.nbytes if frozen else _packed_nbytes(qt)
+        packed_bytes = weight_bytes + _bias_nbytes(layer, bias)
     acts = ", ".join(f"{role}: {_activation(getattr(layer, f'{role}_quant'))}" for role in layer.quant_roles
                      if role in ("input", "output", "act") and getattr(layer, f"{role}_quant", None) is not None)
     off = disabled_roles(layer)
     if off:
         acts = (acts + "; " if acts else "") + f"disabled: {', '.join(off)}"
     return LayerSummary(name, type(layer).__name__, fmt, granularity, scale_min, scale_max, acts or "-", float_bytes, packed_bytes)
+
+
+def _frozen_weight_bytes(layer: nn.Module) -> int:
+    """Bytes the float weight of a frozen layer (``qlayers.freeze``) had; 0 for any other layer."""
+    packed = layer._modules.get("packed_weight")
+    meta = getattr(packed, "meta", None)
+    if meta is None:
+        return 0
+    shape = meta.original_shape or meta.value_shape
+    return math.prod(shape) * torch.empty((), dtype=meta.value_dtype).element_size()
 
 
 def describe_quantizer(quantizer: nn.Module) -> Tuple[str, str]:
