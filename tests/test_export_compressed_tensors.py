@@ -162,3 +162,10 @@ def test_hf_config_is_kept_next_to_the_quantization_config(tmp_path):
     _, _, weights = decompress(tmp_path)
     for name, weight in weights.items():
         assert torch.equal(weight.float(), model.get_submodule(name).quant_weight().value)
+
+
+def test_an_input_multiplier_raises_instead_of_being_dropped(tmp_path):
+    model = model_with(qz.MXFloat4e2m1Weight)
+    model[0].set_input_multiplier(torch.linspace(0.5, 2.0, IN))
+    with pytest.raises(ValueError, match=r"layer '0': a QuantLinear with an input_multiplier"):
+        qlayers.save_packed(model, tmp_path, format="compressed-tensors")

@@ -247,3 +247,11 @@ def test_packed_mxfp4_minilm_is_at_most_0_30x_the_float32_file(tmp_path):
     loaded = qlayers.load_packed(tmp_path / "packed", lambda: transformers.AutoModel.from_pretrained(path))
     with torch.no_grad():
         assert torch.equal(loaded(tokens).last_hidden_state, q.eval()(tokens).last_hidden_state)
+
+
+def test_an_input_multiplier_round_trips(tmp_path):
+    model = small_model(qz.MXFloat4e2m1Weight)
+    model[0].set_input_multiplier(torch.linspace(0.5, 2.0, 256))
+    x = torch.randn(4, 256)
+    qlayers.save_packed(model, tmp_path)
+    assert torch.equal(qlayers.load_packed(tmp_path, float_twin)(x), model(x))

@@ -101,6 +101,8 @@ def _check_layer(name: str, module: QuantLayer) -> None:
     active = [r for r in module.quant_roles if r != "weight" and getattr(module, f"{r}_quant", None) is not None]
     if active:
         raise _unsupported(name, f"a {type(module).__name__} quantizing its {', '.join(active)} ({TARGET} export covers weights)")
+    if "input_multiplier" in module._buffers:
+        raise _unsupported(name, f"a {type(module).__name__} with an input_multiplier (SmoothQuant/AWQ scales; fold them first)")
     if getattr(module, "weight_quant", None) is not None and not isinstance(module, (QuantLinear, QuantEmbedding)):
         raise _unsupported(name, f"a {type(module).__name__} weight")
 
