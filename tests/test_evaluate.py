@@ -120,7 +120,7 @@ def test_command_compares_a_preset_and_a_config_file_on_a_text_file(llama_dir, t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["--model", str(llama_dir), "--text", str(llama_dir / "text.txt"), "--max-lines", "8",
-                     "--config", "fp8", "--config", str(config), "--seq-len", "16", "--no-progress",
+                     "--config", "fp8", str(config), "--seq-len", "16", "--no-progress",
                      "--json", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "LlamaForCausalLM (float32), perplexity"

@@ -47,11 +47,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m qlayers.evaluate", description=(
         "Float vs quantized: encoder embedding cosine / nearest-neighbour agreement, or decoder perplexity."))
     p.add_argument("--model", required=True, help="a save_pretrained directory, or 'minilm'")
-    p.add_argument("--config", action="append", default=None,
-                   help=f"preset ({', '.join(PRESETS)}) or .json/.yaml file; repeat to compare (default: fp8)")
+    p.add_argument("--config", "--configs", "--preset", dest="config", nargs="+", action="extend", default=None,
+                   help=f"presets ({', '.join(PRESETS)}, or a format name) or .json/.yaml files, one row each "
+                        "(several after one --config, or repeat it; default: fp8)")
     p.add_argument("--task", choices=TASKS, default="auto")
-    p.add_argument("--text", help="text file for perplexity (default: the built-in sentences)")
-    p.add_argument("--sentences", help="file with one sentence per line (default: the 240 built-in sentences)")
+    p.add_argument("--text", "--text-file", dest="text", help="text file for perplexity (default: the built-in sentences)")
+    p.add_argument("--sentences", "--sentences-file", dest="sentences", help="file with one sentence per line (default: the 240 built-in sentences)")
     p.add_argument("--rotate", nargs="?", const="yes", choices=("no", "yes", "both"), default="no",
                    help="apply qlayers.rotate first (Llama/Qwen2); 'both': rows without and with")
     p.add_argument("--seq-len", type=int, default=128)
