@@ -5,10 +5,8 @@
 - :class:`HadamardTransform` (:mod:`.hadamard`): ``x -> (x * s) @ H / sqrt(n)`` by a fast
   Walsh-Hadamard transform, any ``n`` (:mod:`.hadamard_matrices`); :class:`HadamardInput` applies it
   at a layer's input.
-- :func:`fold_rms_norm` (:mod:`.norm_fold`): an RMSNorm's scale into the linears after it.
 """
 from .hadamard import HadamardInput, HadamardTransform, fwht
-from .norm_fold import fold_rms_norm
 from .rotation import rotate
 
-__all__ = ["rotate", "HadamardTransform", "HadamardInput", "fwht", "fold_rms_norm"]
+__all__ = ["rotate", "HadamardTransform", "HadamardInput", "fwht"]

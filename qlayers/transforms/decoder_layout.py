@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Tuple
 
+import torch
 from torch import nn
-
-from .norm_fold import is_rms_norm
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 """Model classes (Hugging Face ``transformers``) whose layout this module knows."""
@@ -46,6 +45,15 @@ class DecoderLayout:
     def tied(self) -> bool:
         """Whether ``lm_head`` shares its weight with the embeddings."""
         return self.lm_head.weight is self.embeddings.weight
+
+
+def is_rms_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is an RMSNorm, ``x / rms(x) * weight`` (torch's ``nn.RMSNorm`` or a Hugging
+    Face ``*RMSNorm``): a 1-D ``weight`` and no bias (a LayerNorm's mean subtraction would not
+    commute with the rotation)."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__.endswith("RMSNorm") and isinstance(weight, torch.Tensor) and weight.dim() == 1
+            and getattr(module, "bias", None) is None)
 
 
 def _unsupported(model: nn.Module, why: str) -> ValueError:

@@ -3,8 +3,9 @@
 With ``Q`` an orthogonal ``d x d`` randomized Hadamard (:class:`.HadamardTransform`, ``d`` the hidden
 size), the residual stream ``x`` is carried rotated, ``x @ Q``, through the whole model:
 
-1. every RMSNorm scale ``g`` is folded into the linears that read it (``W <- W * g``, ``g <- 1``;
-   :mod:`.norm_fold`), so the norms commute with ``Q``;
+1. every RMSNorm scale ``g`` is folded into the linears that read it (``W <- W * g``, ``g <- g / g
+   = 1``; :func:`qlayers.ptq.fold.fold_scale`, shared with SmoothQuant/AWQ), so the norms become
+   ``x / rms(x)`` and commute with ``Q`` (``rms(x @ Q) = rms(x)``);
 2. embeddings ``E <- E @ Q``; linears that read the stream (``q/k/v_proj``, ``gate/up_proj``,
    ``lm_head``) ``W <- W @ Q``; linears that write to it (``o_proj``, ``down_proj``)
    ``W <- Q.T @ W``, ``b <- b @ Q``;
@@ -28,9 +29,9 @@ import copy
 import torch
 from torch import nn
 
+from ..ptq.fold import fold_scale
 from .decoder_layout import decoder_layout
 from .hadamard import HadamardInput, HadamardTransform
-from .norm_fold import fold_rms_norm
 
 
 def _check_float(model: nn.Module) -> None:
@@ -91,10 +92,10 @@ def rotate(model: nn.Module, *, seed: int = 0, online_hadamard: bool = True, inp
     if layout.tied:
         layout.lm_head.weight = nn.Parameter(layout.lm_head.weight.detach().clone())
         model.config.tie_word_embeddings = False
-    for block in layout.blocks:
-        fold_rms_norm(block.attn_norm, block.readers_attn)
-        fold_rms_norm(block.mlp_norm, block.readers_mlp)
-    fold_rms_norm(layout.final_norm, [layout.lm_head])
+    with torch.no_grad():
+        for norm, readers in [(b.attn_norm, b.readers_attn) for b in layout.blocks] + \
+                [(b.mlp_norm, b.readers_mlp) for b in layout.blocks] + [(layout.final_norm, (layout.lm_head,))]:
+            fold_scale(norm, readers, norm.weight.detach().clone())
 
     q = HadamardTransform(layout.embeddings.embedding_dim, seed=seed, random_signs=True)
     _rows(layout.embeddings.weight, q)
