@@ -10,11 +10,14 @@
 
 Dtypes: the formula runs in float32 for float16, bfloat16 and float32 inputs (float64 for float64;
 see :func:`~quantizers.formats.carrier.compute_dtype`), so ``x / s`` is rounded onto the format
-exactly once, and the result ``(q - z) * s`` (float32) is cast back to the input dtype once. A
-saturating format also stops where that cast would overflow: the clamp bounds become the grid
-values nearest zero-ward of ``±finfo(dtype).max`` (``q = floor(max / s)`` on the grid), so a finite
-float16/bfloat16 input never gives Inf and every output is ``dtype((q - z) * s)`` with ``q`` on the
-format's grid.
+exactly once, and the result ``(q - z) * s`` (float32) is cast back to the input dtype once. The
+elements ``q`` never depend on the input dtype: they are the format's rounding of ``x / s + z``
+(clamped to the format's range when it saturates), exactly as OCP MX and torchao's ``to_mx``
+compute them. Where ``(q - z) * s`` passes the largest finite value of the input dtype (an MX
+block at the top of the float32, bfloat16 or float16 range under CEIL/RCEIL/EVEN: element 256 x
+2^120 = 2^128), the stored value saturates to ``±finfo(dtype).max`` instead of becoming Inf
+(:func:`saturate_product`); ``value_ / s`` still rounds to nearest onto ``q``, so packing keeps the
+OCP code. A finite input therefore never gives Inf in any dtype.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Optional
 import torch
 
 from .formats import NumberFormat
-from .formats.carrier import compute_dtype
+from .formats.carrier import compute_dtype, narrow_to, widen_to
 
 
 class _RoundToFormat(torch.autograd.Function):
@@ -82,7 +85,7 @@ def fake_quantize(
 def _widened(x, scale, zero_point, offset):
     """``x``, ``scale``, ``zero_point`` and ``offset`` in the compute dtype (exact widening casts)."""
     work = compute_dtype(x.dtype)
-    cast = lambda t: t.to(work) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    cast = lambda t: widen_to(t, work) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
     return cast(x), cast(scale), cast(zero_point), cast(offset)
 
 
@@ -91,19 +94,10 @@ def _scaled(x, scale, zero_point, offset):
     return y if zero_point is None else y + zero_point
 
 
-def _bounds(dtype, device, scale, fmt, zero_point, saturating, offset):
-    """The clamp bounds of ``y = x / s + z`` for inputs of ``dtype``: ``None`` without saturation;
-    the format's extremes; for dtypes narrower than the compute dtype, also the grid values whose
-    ``(q - z) * s`` stays within ``±finfo(dtype).max`` (rounded toward zero onto the grid)."""
-    if not fmt._saturates(saturating):
-        return None
-    if dtype == compute_dtype(dtype):
-        return fmt.min_value, fmt.max_value
-    detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in (scale, zero_point, offset)]
-    limit = torch.tensor(torch.finfo(dtype).max, dtype=compute_dtype(dtype), device=device)
-    high = fmt.quantize(_scaled(limit, *detached), rounding="floor", saturating=True)
-    low = fmt.quantize(_scaled(-limit, *detached), rounding="ceil", saturating=True)
-    return low, high
+def _bounds(fmt, saturating):
+    """The clamp bounds of ``y = x / s + z``: the format's extremes when it saturates, else ``None``
+    (the same for every input dtype; the product's overflow is :func:`saturate_product`'s)."""
+    return (fmt.min_value, fmt.max_value) if fmt._saturates(saturating) else None
 
 
 def _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset):
@@ -111,27 +105,31 @@ def _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, o
     dtype = x.dtype
     x, scale, zero_point, offset = _widened(x, scale, zero_point, offset)
     y = _scaled(x, scale, zero_point, offset)
-    bounds = _bounds(dtype, x.device, scale, fmt, zero_point, saturating, offset)
+    bounds = _bounds(fmt, saturating)
     if bounds is not None:
         y = torch.clamp(y, *bounds)
     q = round_to_format_ste(y, fmt, rounding, saturating, generator)
     if zero_point is not None:
         q = q - zero_point
-    return saturate_product(q * scale if offset is None else q * scale + offset, q).to(dtype)
+    value = q * scale if offset is None else q * scale + offset
+    # A saturating format's elements are finite or NaN: a plain clamp saturates the product.
+    return narrow_to(saturate_product(value, None if bounds is not None else q, dtype), dtype)
 
 
 def saturate_product(
-    value: torch.Tensor, elements: torch.Tensor, dtype: Optional[torch.dtype] = None
+    value: torch.Tensor, elements: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None
 ) -> torch.Tensor:
     """``value = elements * scale`` clamped to ``±finfo(dtype).max`` (``dtype``: the dtype ``value``
     is stored in, default its own) where the element is finite: a finite element times its scale
-    can pass the dtype's largest value (an OCP MX block near FLT_MAX under CEIL/RCEIL/EVEN: element
-    256 x 2^120 = 2^128), and then saturates instead of becoming Inf. The element stays
+    can pass the dtype's largest value (an OCP MX block near the dtype's max under CEIL/RCEIL/EVEN:
+    element 256 x 2^120 = 2^128), and then saturates instead of becoming Inf. The element stays
     recoverable: ``max / scale`` rounds to nearest onto it, because the overflowing product is the
     power of two just above the dtype's max. Non-finite elements (NaN, a non-saturating format's
-    Inf) keep their value."""
+    Inf) keep their value. ``elements=None`` is the caller's word that every element is finite or
+    NaN (a saturating format): then the clamp alone does it, NaN staying NaN."""
     limit = torch.finfo(dtype or value.dtype).max
-    return torch.where(torch.isfinite(elements), value.clamp(-limit, limit), value)
+    clamped = value.clamp(-limit, limit)
+    return clamped if elements is None else torch.where(torch.isfinite(elements), clamped, value)
 
 
 class _FakeQuantizeInput(torch.autograd.Function):
@@ -147,9 +145,8 @@ class _FakeQuantizeInput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, scale, zero_point, offset = ctx.saved_tensors
-        dtype = x.dtype
         x, scale, zero_point, offset = _widened(x, scale, zero_point, offset)
-        bounds = _bounds(dtype, x.device, scale, ctx.fmt, zero_point, ctx.saturating, offset)
+        bounds = _bounds(ctx.fmt, ctx.saturating)
         if bounds is not None:
             y = _scaled(x, scale, zero_point, offset)
             grad = torch.where((y >= bounds[0]) & (y <= bounds[1]), grad, torch.zeros_like(grad))

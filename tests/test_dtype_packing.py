@@ -175,3 +175,38 @@ def test_negative_nan_keeps_its_sign_from_every_dtype(name, dtype):
     ml_type = getattr(ml_dtypes, name)
     expected = np.array([-np.nan, np.nan], dtype=np.float32).astype(ml_type).view(np.uint8)
     assert codes.tolist() == expected.tolist()
+
+
+SIGNED_NAN_FORMATS = ["float8_e3m4", "float8_e4m3", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_negative_nan_keeps_its_sign_in_quantize_outputs(dtype, compiled):
+    """D4: the fake-quantized float16 -NaN came back as +NaN (torch's scalar float16 -> float32
+    conversion drops the NaN sign, so it also depended on the tensor's size). Now every dtype keeps
+    the sign bit of a NaN through ``fmt.quantize`` and through a quantizer's fake quantization,
+    eager and compiled. Oracle: ml_dtypes' cast of -NaN to the format and back keeps the sign.
+    (FNUZ formats have one NaN code; ml_dtypes decodes it as -NaN, so -NaN in gives -NaN out.)"""
+    from quantizers.compile import set_compile_enabled
+
+    bits = {torch.float16: -0x0200, torch.bfloat16: -0x0040, torch.float32: -0x00400000}[dtype]
+    int_dtype = torch.int32 if dtype == torch.float32 else torch.int16
+    negative_nan = torch.tensor([bits], dtype=int_dtype).view(dtype)
+    np_dtype = {torch.float16: np.float16, torch.bfloat16: ml_dtypes.bfloat16, torch.float32: np.float32}[dtype]
+    for name in SIGNED_NAN_FORMATS:  # a 1-element tensor: torch's scalar conversion path
+        ml_type = getattr(ml_dtypes, name)
+        expected = np.array([-np.nan], dtype=np.float32).astype(ml_type).astype(np.float32)
+        assert np.signbit(expected[0]), name
+        out = qz.get_format(name).quantize(negative_nan)
+        assert bool(torch.isnan(out[0])) and out.view(int_dtype)[0] < 0, name
+    set_compile_enabled(compiled)
+    try:
+        for quantizer in (qz.Fp8e4m3OCPWeightPerTensorFloat, qz.Fp8e5m2OCPActPerTensorFloat, qz.Int8WeightPerChannelFloat):
+            for shape in ((1, 1), (4, 64)):  # scalar and vectorised conversion paths
+                x = torch.ones(shape, dtype=dtype)
+                x.view(int_dtype)[0, 0] = bits
+                value = qz.quantize(x, quantizer).value_
+                assert bool(torch.isnan(value[0, 0])) and value.view(int_dtype)[0, 0] < 0, (quantizer.__name__, shape)
+    finally:
+        set_compile_enabled(None)

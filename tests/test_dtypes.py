@@ -8,10 +8,10 @@ The reference is written here in float64 (ml_dtypes code grids, torch.round for 
   bias) the test takes the scale the quantizer chose; the element rounding below is still
   recomputed independently.
 - elements: ``y = float32(x / s) + z`` (the quotient rounded once to float32, the documented compute
-  dtype), clamped to the format's range and, for float16/bfloat16 input, to the grid values whose
-  ``(q - z) * s`` stays within the dtype (``floor(max / s)`` on the grid), then rounded to the
-  nearest grid value (ties to even mantissa; HiFloat8 ties away).
-- value: ``dtype(float32((q - z) * s))``, one cast back.
+  dtype), clamped to the format's range, then rounded to the nearest grid value (ties to even
+  mantissa; HiFloat8 ties away): the same for every input dtype.
+- value: ``dtype(clamp(float32((q - z) * s), ±finfo(dtype).max))``, one cast back that saturates
+  instead of overflowing.
 
 Inputs (8 x 64): a normal tensor, the same with entries at the dtype's max (and near it), and tiny
 activations (rows from 1e-5 to 2e-4).
@@ -186,18 +186,11 @@ def _reference_value(tq, layout: torch.Tensor, scale: torch.Tensor, zero_point, 
     z = None if zero_point is None else zero_point.double()
     if z is not None:
         y = (y + z).float().double()
-    if dtype != torch.float32:  # stop where (q - z) * s would overflow the input dtype
-        top = torch.finfo(dtype).max
-        high, low = (top / s).float().double(), (-top / s).float().double()
-        if z is not None:
-            high, low = (high + z).float().double(), (low + z).float().double()
-        high = _round(high.expand_as(y).contiguous(), fmt, "floor")
-        low = _round(low.expand_as(y).contiguous(), fmt, "ceil")
-        y = torch.minimum(torch.maximum(y, low), high)
     q = _round(y, fmt, "even")
     if z is not None:
         q = q - z
-    return (q * s).float().to(dtype)
+    top = torch.finfo(dtype).max  # the product saturates within the input dtype, never Inf
+    return (q * s).float().double().clamp(-top, top).to(dtype)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -337,19 +330,21 @@ def test_half_static_scales_from_small_activations_do_not_underflow(dtype):
                                        qz.MXFloat8e4m3Weight], ids=lambda q: q.__name__)
 def test_saturating_quantizers_never_overflow_the_input_dtype(quantizer, dtype):
     """N4: finite input at the dtype's max gave Inf (the float32 result exceeded float16's max).
-    The clamp now stops at the largest grid value q with q * s <= max: finite, and q on the grid."""
+    The elements are those of the same values in float32 (the input dtype never changes a code),
+    and a product (q - z) * s beyond the dtype's max saturates to it: finite, and q recoverable."""
     top = torch.finfo(dtype).max
     torch.manual_seed(0)
     x = torch.randn(8, 64)
     x[0, 0], x[1, 1] = top, top * 0.9995
     if quantizer is not qz.Uint8ActPerTensorFloat:
         x[2, 2] = -top
-    qt = qz.quantize(x.to(dtype), quantizer)
+    x = x.to(dtype)
+    qt, wide = qz.quantize(x, quantizer), qz.quantize(x.float(), quantizer)
     assert bool(torch.isfinite(qt.value_).all())
-    elements = (qt.value_.double() / qt._scale_eff_.double())  # q * s within one float32 rounding
-    if isinstance(qt.fmt, IntFormat):
-        assert bool((elements.round() - elements).abs().max() < 1e-3)
-        assert float(elements.max()) <= qt.fmt.max_int + 1e-3
+    elements = (lambda t: t.int()) if isinstance(qt.fmt, IntFormat) else (lambda t: t.minifloat())
+    assert torch.equal(elements(qt), elements(wide))
+    expected = wide.value_.double().clamp(-top, top).to(dtype)  # float64 clamp: an independent oracle
+    assert _same(qt.value_, expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)

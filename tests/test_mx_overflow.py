@@ -85,3 +85,68 @@ def test_blocks_near_flt_max_never_give_inf_and_pack_the_reference_codes(element
             if element == "float4_e2m1fn":
                 codes = (codes[0::2] & 0xF) | ((codes[1::2] & 0xF) << 4)
             assert packed.codes.view(torch.uint8).reshape(len(rows), -1)[i].tolist() == codes.tolist()
+
+
+# ---- bfloat16 / float16 input: the same OCP elements, the value saturates within the dtype ----------
+BF16_MAX = float(torch.finfo(torch.bfloat16).max)  # 255 * 2^120
+FP16_MAX = 65504.0  # 2047 * 2^5
+# Hand-computed (see each line): (dtype, weight, mode) -> (scale exponent e, element, element code)
+TOP_OF_RANGE = {
+    # bfloat16 max = 1.9921875 * 2^127
+    (torch.bfloat16, "float8_e4m3fn", "ceil"): (120, 256.0, 0x78),   # ceil(log2) = 128, e = 128 - 8; 255 -> 256
+    (torch.bfloat16, "float8_e4m3fn", "rceil"): (120, 256.0, 0x78),  # ceil(log2(max / 448)) = ceil(119.19)
+    (torch.bfloat16, "float8_e4m3fn", "even"): (120, 256.0, 0x78),   # 1.9921875 rounds half up to 2.0: 2^128
+    (torch.bfloat16, "float8_e4m3fn", "floor"): (119, 448.0, 0x7E),  # 127 - 8; 510 saturates to 448
+    (torch.bfloat16, "float4_e2m1fn", "ceil"): (126, 4.0, 0x6),      # 128 - 2; 3.98 -> 4 (grid 3, 4, 6)
+    (torch.bfloat16, "float4_e2m1fn", "rceil"): (126, 4.0, 0x6),     # ceil(log2(max / 6)) = ceil(125.4)
+    # float16 max = 1.9990234375 * 2^15
+    (torch.float16, "float8_e4m3fn", "ceil"): (8, 256.0, 0x78),      # 16 - 8; 255.875 -> 256
+    (torch.float16, "float8_e4m3fn", "rceil"): (8, 256.0, 0x78),     # ceil(log2(65504 / 448)) = ceil(7.19)
+    (torch.float16, "float8_e4m3fn", "even"): (8, 256.0, 0x78),      # 1.999 rounds half up to 2.0: 2^16
+    (torch.float16, "float8_e4m3fn", "floor"): (7, 448.0, 0x7E),     # 15 - 8; 511.75 saturates to 448
+    (torch.float16, "float4_e2m1fn", "ceil"): (14, 4.0, 0x6),        # 16 - 2; 3.998 -> 4
+    (torch.float16, "float4_e2m1fn", "rceil"): (14, 4.0, 0x6),       # ceil(log2(65504 / 6)) = ceil(13.4)
+}
+
+
+CASES = [(case, False) for case in TOP_OF_RANGE] + [  # compiled: one mode per dtype (each compiles a graph)
+    ((dtype, "float8_e4m3fn", "rceil"), True) for dtype in (torch.bfloat16, torch.float16)
+]
+
+
+@pytest.mark.parametrize(
+    "case,compiled", CASES, ids=lambda c: f"{str(c[0])[6:]}-{c[1]}-{c[2]}" if isinstance(c, tuple) else ("compiled" if c else "eager")
+)
+def test_half_blocks_at_the_dtype_max_store_the_ocp_element_and_saturate_the_value(case, compiled):
+    """Issue 9: a bfloat16/float16 block at the dtype's max under CEIL/RCEIL/EVEN stored element 240
+    (E4M3), the largest whose product fits the dtype, where OCP MX and torchao store 256. One policy
+    for every dtype now: the element is the OCP one (the input dtype never changes a code) and the
+    value saturates to ±finfo(dtype).max (as float32 saturates to ±FLT_MAX). Oracle: hand-computed
+    scale exponents, elements and codes; values ``clip(element * 2^e, ±max)`` in float64."""
+    from quantizers.compile import set_compile_enabled
+
+    dtype, element_name, mode = case
+    exponent, element, code = TOP_OF_RANGE[case]
+    top = BF16_MAX if dtype == torch.bfloat16 else FP16_MAX
+    x = _block(top, -top).to(dtype)
+    weight = WEIGHTS[element_name]
+    set_compile_enabled(compiled)
+    try:
+        qt = qz.quantize(x, weight, scale_rounding=mode)
+        wide = qz.quantize(x.float(), weight, scale_rounding=mode)
+    finally:
+        set_compile_enabled(None)
+    assert qt.value_.dtype == dtype and bool(torch.isfinite(qt.value_).all())
+    assert qt.scale_.flatten()[0].item() == 2.0 ** exponent
+    assert qt.minifloat()[0, :2].tolist() == [element, -element]
+    expected = np.clip(np.array([element, -element]) * 2.0 ** exponent, -top, top)
+    assert qt.value_.flatten()[:2].double().tolist() == expected.tolist()
+    packed = qt.pack()
+    assert packed.scale.view(torch.uint8).item() == exponent + 127
+    codes = packed.codes.view(torch.uint8).flatten()
+    if element_name == "float4_e2m1fn":
+        assert codes[0].item() == code | (code | 0x8) << 4
+    else:
+        assert codes[:2].tolist() == [code, code | 0x80]
+    assert torch.equal(packed.unpack().value_, qt.value_)
+    assert torch.equal(qt.minifloat(), wide.minifloat())  # the same codes as the float32 input

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..compile import is_tracing
-from .carrier import Carrier, check_float_input, sign_bit
+from .carrier import Carrier, check_float_input, narrow_to, sign_bit, widen_to
 from .rounding import check_rounding, uniform_noise
 
 
@@ -168,7 +168,8 @@ class NumberFormat:
 
         ``rounding`` is one of :data:`ROUNDING_MODES` (``None``: the format's default). With
         ``saturating=True`` overflow and ±Inf map to ±max; with ``False`` overflow follows the
-        format (Inf where it has Inf, else NaN where it has NaN). NaN stays NaN. The result is exact:
+        format (Inf where it has Inf, else NaN where it has NaN). NaN stays NaN, with its sign bit
+        (+NaN in unsigned formats), for every input dtype. The result is exact:
         every output element is a value of :meth:`values` (or NaN/±Inf).
 
         The rounding runs in a float32 or float64 carrier and the result is cast back to ``x.dtype``
@@ -184,7 +185,7 @@ class NumberFormat:
             # The cast back must not leave the format: clamp to its extreme values that x.dtype holds
             # exactly (int16's 32767 is 32752 in float16; E8M0's 2^16 is 2^15, its 2^-127 is 2^-24).
             rounded = rounded.clamp(*self.limits_in(x.dtype))
-        return rounded.to(x.dtype)
+        return narrow_to(rounded, x.dtype)
 
     def encode(
         self,
@@ -243,7 +244,7 @@ class NumberFormat:
         """``x`` rounded onto the grid, in the carrier dtype."""
         rounding, saturating = self._resolve(rounding, saturating)
         carrier = self._carrier(x.dtype)
-        xc = x.to(carrier.dtype)
+        xc = widen_to(x, carrier.dtype)
         noise = uniform_noise(xc, generator) if rounding == "stochastic" else None
         return self._round_in_carrier(xc, carrier, rounding, saturating, noise)
 

@@ -23,7 +23,19 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def widen(x: torch.Tensor) -> torch.Tensor:
     """``x`` in :func:`compute_dtype` (exact: a widening cast); float32/float64 tensors unchanged."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.to(compute_dtype(x.dtype))
+    return x if x.dtype in (torch.float32, torch.float64) else widen_to(x, compute_dtype(x.dtype))
+
+
+def widen_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)`` for a ``dtype`` at least as wide, keeping every bit of the value: a float16
+    -NaN stays negative (torch's CPU float16 -> float32 conversion drops the sign of NaN in its
+    scalar path, so whether it survives would depend on the tensor's size)."""
+    wide = x.to(dtype)
+    if x.dtype != torch.float16 or dtype == torch.float16:
+        return wide
+    int_dtype = torch.int32 if dtype == torch.float32 else torch.int64
+    negative_nan = torch.isnan(wide) & (x.view(torch.int16) < 0)
+    return torch.where(negative_nan, (wide.view(int_dtype) | torch.iinfo(int_dtype).min).view(dtype), wide)
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,19 @@ def sign_bit(x: torch.Tensor) -> torch.Tensor:
     if x.dtype in (torch.float16, torch.bfloat16):
         return x.view(torch.int16) < 0
     return torch.signbit(x)
+
+
+def narrow_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)`` for a ``dtype`` at most as wide, keeping the sign of NaN: compiled kernels
+    convert float32 to bfloat16 with c10's scalar routine in the tail of a vector loop, which
+    writes every NaN as +NaN (0x7FC0), where eager conversion keeps the sign. Costs bfloat16
+    outputs one select; other dtypes convert directly."""
+    narrow = x.to(dtype)
+    if dtype != torch.bfloat16 or x.dtype == dtype:
+        return narrow
+    # Selected as int16 bits: a bfloat16 select would be computed in float32 and converted again.
+    bits = narrow.view(torch.int16)
+    return torch.where(torch.isnan(x) & torch.signbit(x), bits | -(2 ** 15), bits).view(dtype)
 
 
 def check_float_input(x: torch.Tensor, argument: str = "x") -> None:

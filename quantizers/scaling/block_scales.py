@@ -37,10 +37,13 @@ def mx_scale(
     [-127, 127]. An all-zero block gets ``2^-127``; a block whose ``amax`` is NaN or Inf gets NaN,
     the E8M0 NaN code, so the whole block decodes to NaN.
 
-    CEIL, RCEIL and EVEN can give a block near FLT_MAX an element whose value ``element x X`` is
-    2^128 (E4M3 RCEIL, x = 3.3e38: X = 2^120, element 256): the element keeps its OCP code (0x78)
-    and the value saturates to ``±FLT_MAX`` instead of Inf
-    (:func:`quantizers.fake_quant.saturate_product`); packing recovers the element from it.
+    CEIL, RCEIL and EVEN can give a block near the top of the input dtype's range an element whose
+    value ``element x X`` passes the dtype's largest value (E4M3 RCEIL, x = 3.3e38: X = 2^120,
+    element 256, value 2^128; bfloat16 max 255 x 2^120 likewise; float16 65504: X = 2^8, element
+    256, value 2^16). The element is the OCP one whatever the input dtype (code 0x78, as torchao
+    stores; the scale and element are computed in float32), and the value saturates to
+    ``±finfo(dtype).max`` instead of Inf (:func:`quantizers.fake_quant.saturate_product`);
+    packing recovers the element from it.
     """
     if mode not in MX_SCALE_MODES:
         raise ValueError(f"MX scale mode={mode!r} is unknown; allowed values: {', '.join(MX_SCALE_MODES)}")
