@@ -34,6 +34,7 @@ Choices where Brevitas and the design leave room:
   ``quant_weight()`` returns the caller's own copy; stochastic weight rounding in eval draws from a
   generator seeded with ``eval_rounding_seed``, so it is reproducible.
 """
+from .attention import QuantScaledDotProductAttention
 from .activation import QuantActivation, QuantHardTanh, QuantIdentity, QuantReLU, QuantSigmoid, QuantTanh
 from .bias import BiasQuantizer
 from .conv import (
@@ -47,6 +48,7 @@ from .conv import (
     QuantConvTransposeNd,
 )
 from .embedding import QuantEmbedding
+from .hf_conv1d import QuantConv1D
 from .linear import QuantLinear
 from .merge import QuantCat, QuantEltwiseAdd
 from .quant_layer import QuantLayer, dequantize
@@ -56,7 +58,7 @@ __all__ = [
     "QuantLinear", "QuantConv1d", "QuantConv2d", "QuantConv3d",
     "QuantConvTranspose1d", "QuantConvTranspose2d", "QuantConvTranspose3d", "QuantEmbedding",
     "QuantIdentity", "QuantReLU", "QuantSigmoid", "QuantTanh", "QuantHardTanh",
-    "QuantEltwiseAdd", "QuantCat",
+    "QuantEltwiseAdd", "QuantCat", "QuantScaledDotProductAttention",
     "QuantLayer", "QuantWeightLayer", "QuantConvNd", "QuantConvTransposeNd", "QuantActivation",
     "BiasQuantizer", "dequantize",
 ]
@@ -72,3 +74,14 @@ from .transforms import rotate
 
 __all__ += ["transforms", "rotate", "evaluate"]
 __all__ += ["save_packed", "load_packed", "freeze"]
+__all__ += ["QuantizedKVCache", "QuantConv1D"]
+
+
+def __getattr__(name: str):
+    """``QuantizedKVCache`` subclasses transformers' ``Cache``: it is imported (with transformers)
+    when first asked for, so ``import qlayers`` does not need transformers."""
+    if name == "QuantizedKVCache":
+        from .kv_cache import QuantizedKVCache
+
+        return QuantizedKVCache
+    raise AttributeError(f"module 'qlayers' has no attribute {name!r}")

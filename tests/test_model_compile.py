@@ -36,6 +36,7 @@ def test_compiled_quantized_model_equals_eager():
         "weights": {"format": "int8", "granularity": "channel"},
         "inputs": {"format": "int8", "observer": "global_minmax"},
         "layers": {"block.fc2": {"weights": {"format": "int8", "granularity": "channel", "learned_scale": True}}},
+        "functional_adds": True,
     })
     assert traced_adds(q.block)
     calibrate(q, [torch.randn(4, 32) for _ in range(2)], progress=False)

@@ -8,6 +8,7 @@ from torch import nn
 import qlayers
 import quantizers as qz
 from qlayers.model import calibrate, quantize_model
+from qlayers.model.config import TARGETS
 from qlayers.model.functional import traced_adds
 
 W8 = {"format": "int8", "granularity": "channel"}
@@ -52,7 +53,7 @@ class AllLayers(nn.Module):
 
 def test_swaps_every_supported_layer_and_keeps_names_and_parameters():
     model = AllLayers()
-    q = quantize_model(model, {"weights": {"format": "int8"}})
+    q = quantize_model(model, {"weights": {"format": "int8"}, "targets": list(TARGETS)})
     expected = {
         "emb": qlayers.QuantEmbedding, "c1": qlayers.QuantConv1d, "c2": qlayers.QuantConv2d, "c3": qlayers.QuantConv3d,
         "t1": qlayers.QuantConvTranspose1d, "t2": qlayers.QuantConvTranspose2d, "t3": qlayers.QuantConvTranspose3d,
@@ -71,12 +72,13 @@ def test_inplace_keeps_the_very_parameter_objects_and_ties():
     model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10, bias=False))
     model[1].weight = model[0].weight  # tied input/output embedding
     params = list(model.parameters())
-    q = quantize_model(model, {"weights": {"format": "int8"}}, inplace=True)
+    q = quantize_model(model, {"weights": {"format": "int8"}, "targets": ["Embedding", "Linear"]}, inplace=True)
     assert q is model
     assert q[1].weight is q[0].weight and list(q.parameters()) == params
-    copied = quantize_model(nn.Sequential(*[m for m in [nn.Embedding(10, 8), nn.Linear(8, 10, bias=False)]]), {"weights": "Int8WeightPerTensorFloat"})
+    both = {"weights": "Int8WeightPerTensorFloat", "targets": ["Embedding", "Linear"]}
+    copied = quantize_model(nn.Sequential(*[m for m in [nn.Embedding(10, 8), nn.Linear(8, 10, bias=False)]]), both)
     with pytest.warns(UserWarning, match="already quantized"):  # model was quantized in place above
-        copied_tied = quantize_model(model, {"weights": "Int8WeightPerTensorFloat"})
+        copied_tied = quantize_model(model, both)
     assert copied_tied[1].weight is copied_tied[0].weight and copied_tied[0].weight is not model[0].weight
     assert copied[1].weight is not copied[0].weight
 
@@ -140,7 +142,7 @@ def test_root_layer_itself_is_quantized():
 def test_residual_adds_become_QuantEltwiseAdd_with_the_input_quantizer():
     torch.manual_seed(0)
     model = Net()
-    q = quantize_model(model, {"weights": W8, "inputs": A8})
+    q = quantize_model(model, {"weights": W8, "inputs": A8, "functional_adds": True})
     block = q.blocks[0]
     assert type(block) is Block and traced_adds(block) == ("eltwise_add",)  # same class, traced forward
     assert isinstance(block.eltwise_add, qlayers.QuantEltwiseAdd)
@@ -158,11 +160,11 @@ def test_residual_adds_become_QuantEltwiseAdd_with_the_input_quantizer():
 def test_adds_are_left_alone_for_weight_only_configs_and_when_disabled():
     q = quantize_model(Net(), {"weights": W8})
     assert type(q.blocks[0]) is Block
-    q = quantize_model(Net(), {"weights": W8, "inputs": A8, "functional_adds": False})
+    q = quantize_model(Net(), {"weights": W8, "inputs": A8})  # functional_adds is False by default
     assert type(q.blocks[0]) is Block
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the pattern names adds that exist, though none is quantized
-        q = quantize_model(Net(), {"weights": W8, "inputs": A8, "layers": {"*.eltwise_add": {"inputs": None}}})
+        q = quantize_model(Net(), {"weights": W8, "inputs": A8, "functional_adds": True, "layers": {"*.eltwise_add": {"inputs": None}}})
     assert type(q.blocks[0]) is Block
 
 
@@ -176,7 +178,7 @@ def test_shape_arithmetic_is_not_mistaken_for_a_tensor_add():
             n = x.size(0) + 1
             return self.fc(x).repeat(n, 1) + x.shape[1]
 
-    q = quantize_model(Shapes(), {"inputs": A8})
+    q = quantize_model(Shapes(), {"inputs": A8, "functional_adds": True})
     assert not traced_adds(q)
 
 
@@ -193,7 +195,7 @@ class Untraceable(nn.Module):
 
 def test_untraceable_model_warns_once_and_still_swaps_layers():
     with pytest.warns(UserWarning, match=r"could not trace 1 module\(s\) \(Untraceable\)") as record:
-        q = quantize_model(Untraceable(), {"weights": W8, "inputs": A8})
+        q = quantize_model(Untraceable(), {"weights": W8, "inputs": A8, "functional_adds": True})
     assert sum("could not trace" in str(w.message) for w in record) == 1
     assert type(q) is Untraceable and type(q.fc) is qlayers.QuantLinear
     q(torch.randn(2, 4))

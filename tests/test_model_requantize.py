@@ -12,7 +12,7 @@ import qlayers
 from qlayers.model import calibrate, quantize_model, summary
 from qlayers.model.functional import traced_adds
 
-INT8_WA = {"weights": {"format": "int8"}, "inputs": {"format": "int8"}}
+INT8_WA = {"weights": {"format": "int8"}, "inputs": {"format": "int8"}, "functional_adds": True}
 
 
 def fake_int(x: torch.Tensor, amax: torch.Tensor, levels: float, low: float, high: float) -> torch.Tensor:
@@ -86,7 +86,7 @@ def test_requantizing_with_no_sections_gives_back_the_float_model():
 def test_inplace_returns_the_callers_model_with_its_residual_add_quantized():
     torch.manual_seed(0)
     m = Res()
-    ret = quantize_model(m, {"weights": {"format": "int8"}, "inputs": {"format": "int8", "observer": "global_minmax"}}, inplace=True)
+    ret = quantize_model(m, {"weights": {"format": "int8"}, "inputs": {"format": "int8", "observer": "global_minmax"}, "functional_adds": True}, inplace=True)
     assert ret is m and isinstance(m.eltwise_add, qlayers.QuantEltwiseAdd)
     x = torch.randn(4, 16)
     calibrate(m, [x], progress=False)
@@ -126,7 +126,7 @@ class Optional_(nn.Module):
 def test_a_trace_that_fails_on_the_first_call_falls_back_to_the_module_with_one_warning():
     torch.manual_seed(0)
     model = nn.Sequential(Optional_())
-    q = quantize_model(model, {"inputs": {"format": "int8"}})
+    q = quantize_model(model, {"inputs": {"format": "int8"}, "functional_adds": True})
     assert traced_adds(q[0]) == ("eltwise_add",)
     x = torch.randn(3, 4)
     with pytest.warns(UserWarning, match=r"trace of Optional_ at '0' does not compute what its forward computes") as record:
@@ -151,7 +151,7 @@ class Scaled(nn.Module):
 
 
 def test_a_trace_that_runs_but_differs_falls_back_too():
-    q = quantize_model(Scaled(), {"inputs": {"format": "int8"}})
+    q = quantize_model(Scaled(), {"inputs": {"format": "int8"}, "functional_adds": True})
     q.scale = 3.0
     x = torch.randn(2, 4)
     with pytest.warns(UserWarning, match=r"trace of Scaled does not compute.*output differs"):
@@ -162,7 +162,7 @@ def test_a_trace_that_runs_but_differs_falls_back_too():
 
 def test_a_faithful_trace_is_kept_and_observers_see_each_batch_once():
     torch.manual_seed(0)
-    q = quantize_model(Res(), {"inputs": {"format": "int8", "observer": "global_minmax"}})
+    q = quantize_model(Res(), {"inputs": {"format": "int8", "observer": "global_minmax"}, "functional_adds": True})
     batch = torch.randn(4, 16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -40,7 +40,7 @@ from torch import nn
 from quantizers import RangeSource, TensorQuantizer
 from quantizers.nonfinite import NonFiniteWatch, nonfinite_message
 
-from .qat import ACTIVATION_ROLES, WEIGHT_ROLES, disable_roles, disabled_quantizers, quant_layers, restore
+from .qat import WEIGHT_ROLES, activation_roles, disable_roles, disabled_quantizers, quant_layers, restore
 
 _STATE = "_qzoo_calibration"
 
@@ -207,7 +207,7 @@ def _after_calibration(quantizer: TensorQuantizer, previous: RangeSource) -> Ran
 
 def _dynamic_activation_quantizers(model: nn.Module) -> Iterator[TensorQuantizer]:
     for _, layer in quant_layers(model):
-        for role in ACTIVATION_ROLES:
+        for role in activation_roles(layer):
             quantizer = getattr(layer, f"{role}_quant", None)
             if isinstance(quantizer, TensorQuantizer) and quantizer.observer is None:
                 yield quantizer

@@ -3,15 +3,26 @@
 Shape (every key optional)::
 
     {
-        "weights":     <section>,   # weight of Linear, Conv*, ConvTranspose*, Embedding
-        "inputs":      <section>,   # input of Linear, Conv*, ConvTranspose*; operands of residual adds
-        "outputs":     <section>,   # output of those layers and of residual adds
+        "weights":     <section>,   # weight of the target layers (default: Linear, Conv*, ConvTranspose*, Conv1D)
+        "inputs":      <section>,   # input of those layers (and operands of residual adds, see functional_adds)
+        "outputs":     <section>,   # output of those layers (and of residual adds)
         "bias":        <section>,   # bias of those layers
         "activations": <section>,   # output of ReLU, Sigmoid, Tanh, Hardtanh modules
+        "targets": ["Linear", "Embedding"],   # layer classes to quantize (default: all but Embedding)
+        "attention": {"q": <section>, "k": <section>, "v": <section>, "softmax": <section>},
         "skip_layers": ["lm_head", "encoder.0.*"],   # substring or glob of module names
         "layers": {"<glob or regex>": {"weights": <section>, ...}},   # per-layer overrides
-        "functional_adds": True,    # quantize `a + b` of two tensors found by torch.fx tracing
+        "functional_adds": False,   # True: also quantize `a + b` of two tensors found by torch.fx tracing
     }
+
+Defaults for transformers: ``targets`` is every weight layer class but ``Embedding`` (``Linear``,
+``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d`` and Hugging Face's GPT-2 ``Conv1D``), so ``weights``
+quantizes the matmuls and leaves embedding tables float (list ``"Embedding"`` in ``targets``, or
+name the table in ``layers``, to quantize it); a module matched by a ``layers`` pattern is
+quantized even when its class is not a target. ``functional_adds`` is False: ``inputs`` quantizes
+the inputs of the target layers only, not the residual stream. ``attention`` quantizes the Q, K, V
+and softmax-output operands of the attention matmuls (see :mod:`qlayers.hf_attention`); each key
+is optional (``"softmax"`` = the softmax output; ``"scores"`` = its input).
 
 A ``<section>`` is ``None`` (not quantized), a quantizer class or its name in :mod:`quantizers`
 (``"Int8WeightPerChannelFloat"``), ``{"quantizer": <class or name>, <attribute>: <value>, ...}``
@@ -43,7 +54,12 @@ from .spec import ROLES, spec_to_quantizer
 
 SECTIONS: Dict[str, str] = {"weights": "weight", "inputs": "input", "outputs": "output", "bias": "bias", "activations": "act"}
 """Config section -> the layer role it quantizes (``<role>_quant``)."""
-TOP_KEYS = (*SECTIONS, "skip_layers", "layers", "functional_adds")
+TOP_KEYS = (*SECTIONS, "targets", "attention", "skip_layers", "layers", "functional_adds")
+TARGETS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Conv1D", "Embedding")
+"""Layer classes ``targets`` may name (``Conv1D`` is Hugging Face's GPT-2 layer)."""
+DEFAULT_TARGETS = tuple(t for t in TARGETS if t != "Embedding")
+ATTENTION_KEYS: Dict[str, str] = {"q": "q_scaled", "k": "k_transposed", "v": "v", "softmax": "attn_output_weights", "scores": "softmax_input"}
+"""``attention`` key -> the :class:`~qlayers.QuantScaledDotProductAttention` quantizer role it sets."""
 _REPLACING_KEYS = ("quantizer", "format", "dtype")
 
 Section = Optional[Type[Quantizer]]
@@ -63,13 +79,21 @@ class LayerRule:
 @dataclass(frozen=True)
 class QuantConfig:
     """A validated config: ``sections`` (section -> quantizer class or None), ``skip_layers``,
-    per-layer ``rules``, ``functional_adds`` and the ``raw`` dict it came from."""
+    per-layer ``rules``, ``functional_adds``, the ``raw`` dict it came from, the layer classes
+    it ``targets`` and the ``attention`` quantizers (:data:`ATTENTION_KEYS` -> class)."""
 
     sections: Mapping[str, Section]
     skip_layers: Tuple[str, ...] = ()
     rules: Tuple[LayerRule, ...] = ()
-    functional_adds: bool = True
+    functional_adds: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict)
+    targets: Tuple[str, ...] = DEFAULT_TARGETS
+    attention: Mapping[str, Section] = field(default_factory=dict)
+
+    def is_target(self, name: str, class_name: str) -> bool:
+        """Whether a layer of class ``class_name`` at ``name`` is quantized: its class is a target
+        or a ``layers`` pattern names it."""
+        return class_name in self.targets or any(rule.matches(name) for rule in self.rules)
 
     def is_skipped(self, name: str) -> bool:
         return any(skip_matches(pattern, name) for pattern in self.skip_layers)
@@ -131,10 +155,37 @@ def validate_config(config: Union[Mapping[str, Any], QuantConfig, str, Path]) ->
     _check_bias(sections, "bias")
     skip = _string_list(config.get("skip_layers", ()), "skip_layers")
     rules = _rules(config.get("layers", {}), config)
-    adds = config.get("functional_adds", True)
+    adds = config.get("functional_adds", False)
     if not isinstance(adds, bool):
         raise bad_type("functional_adds", adds, "True or False")
-    return QuantConfig(sections, tuple(skip), tuple(rules), adds, dict(config))
+    targets = _targets(config.get("targets", DEFAULT_TARGETS))
+    attention = _attention(config.get("attention"))
+    return QuantConfig(sections, tuple(skip), tuple(rules), adds, dict(config), targets, attention)
+
+
+def _targets(value: Any) -> Tuple[str, ...]:
+    """Class names from ``targets``: a name or class (``"Linear"``, ``nn.Linear``) or a list of them."""
+    items = [value] if isinstance(value, (str, type)) else value
+    if not isinstance(items, Iterable):
+        raise bad_type("targets", value, "a list of layer class names (e.g. ['Linear'])")
+    names = []
+    for i, item in enumerate(items):
+        name = item.__name__ if isinstance(item, type) else item
+        if name not in TARGETS:
+            raise bad_value(f"targets[{i}]", item, TARGETS)
+        names.append(name)
+    return tuple(names)
+
+
+def _attention(value: Any) -> Dict[str, Section]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise bad_type("attention", value, "a dict {'q': <section>, 'k': ..., 'v': ..., 'softmax': ...}")
+    for key in value:
+        if key not in ATTENTION_KEYS:
+            raise unknown_key("attention", key, ATTENTION_KEYS)
+    return {key: resolve_section(value[key], "act", f"attention.{key}") for key in value}
 
 
 def load_config(path: Union[str, Path]) -> QuantConfig:

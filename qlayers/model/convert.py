@@ -1,12 +1,15 @@
 """``quantize_model``: swap a float model's layers for quantized twins as a config says.
 
-Each ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d`` and ``nn.Embedding`` becomes
-its qlayers twin through ``from_float`` (same configuration, same ``nn.Parameter`` objects, so
-weights, tied weights, names and ``state_dict`` keys stay); ``nn.ReLU``, ``nn.Sigmoid``,
-``nn.Tanh`` and ``nn.Hardtanh`` become quantized activations when the config has an
-``activations`` section. Residual adds in ``forward`` (``a + b`` of two tensors) get a
-:class:`~qlayers.QuantEltwiseAdd` through torch.fx where inputs or outputs are quantized (see
-:mod:`qlayers.model.functional`).
+Each layer whose class the config ``targets`` (default: ``nn.Linear``, ``nn.Conv1d/2d/3d``,
+``nn.ConvTranspose1d/2d/3d`` and Hugging Face's GPT-2 ``Conv1D``; ``nn.Embedding`` only when listed
+or named by a ``layers`` pattern) becomes its qlayers twin through ``from_float`` (same
+configuration, same ``nn.Parameter`` objects, so weights, tied weights, names and ``state_dict``
+keys stay); ``nn.ReLU``, ``nn.Sigmoid``, ``nn.Tanh`` and ``nn.Hardtanh`` become quantized
+activations when the config has an ``activations`` section. With ``"functional_adds": True``,
+residual adds in ``forward`` (``a + b`` of two tensors) get a :class:`~qlayers.QuantEltwiseAdd`
+through torch.fx where inputs or outputs are quantized (see :mod:`qlayers.model.functional`). An
+``attention`` section quantizes the attention matmuls of Hugging Face models
+(:mod:`qlayers.hf_attention`).
 
 A model that is already quantized is re-quantized per the new config, exactly: every layer this
 module would have created (``QuantLinear`` ... ``QuantHardTanh``, hand-built ones included) goes
@@ -34,9 +37,11 @@ from ..conv import (
     QuantConvTranspose3d,
 )
 from ..embedding import QuantEmbedding
+from ..hf_attention import quantize_attention, remove_attention_quantization
+from ..hf_conv1d import QuantConv1D, conv1d_class
 from ..linear import QuantLinear
 from ..quant_layer import QuantLayer
-from .config import QuantConfig, Section, skip_matches, validate_config
+from .config import ATTENTION_KEYS, QuantConfig, Section, skip_matches, validate_config
 from .control import init_learned_weight_range
 from .functional import quantize_functional_adds, traced_adds, untrace
 
@@ -67,8 +72,11 @@ def quantize_model(model: nn.Module, config: Union[Mapping[str, Any], QuantConfi
             "layers": {"encoder.*.fc2": {"weights": {"format": "int4", "granularity": "group", "group_size": 32}}},
         })
 
-    Static activation quantizers then need :func:`~qlayers.calibrate` (or QAT). Layers are
-    matched by exact type, so subclasses of ``nn.Linear`` with their own forward stay float;
+    The defaults suit transformers: ``weights``/``inputs`` quantize the target layers (every
+    Linear/Conv, not embeddings), residual adds stay float, and
+    ``"attention": {"q": ..., "k": ..., "v": ..., "softmax": ...}`` quantizes the attention
+    matmuls' operands of Hugging Face models. Static activation quantizers then need
+    :func:`~qlayers.calibrate` (or QAT). Layers are matched by exact type, so subclasses of ``nn.Linear`` with their own forward stay float;
     ``nn.MultiheadAttention`` (which reads its projections' weights directly) is left as it is.
     A module whose forward has residual adds keeps its class and attributes and gains
     ``eltwise_*`` submodules and a traced forward, checked against its own on the first call (see
@@ -96,6 +104,9 @@ def quantize_model(model: nn.Module, config: Union[Mapping[str, Any], QuantConfi
     if twin is not None:
         return twin
     names = [name for name, _ in model.named_modules() if name]
+    if cfg.attention:
+        roles = {ATTENTION_KEYS[key]: section for key, section in cfg.attention.items()}
+        quantize_attention(model, roles, skip=cfg.is_skipped)
     _swap_children(model, "", cfg)
     adds: Set[str] = set()
     if cfg.functional_adds and cfg.quantizes_activations:
@@ -104,15 +115,16 @@ def quantize_model(model: nn.Module, config: Union[Mapping[str, Any], QuantConfi
     return model
 
 
-_TWINS: Dict[Type[QuantLayer], Type[nn.Module]] = {
+_TWINS: Dict[Type[QuantLayer], Optional[Type[nn.Module]]] = {
     twin: float_type for float_type, twin in (*WEIGHT_LAYERS.items(), *ACTIVATION_LAYERS.items())
 }
+_TWINS[QuantConv1D] = None  # transformers' Conv1D, imported only when met (conv1d_class)
 """Quantized twin type -> float type: the layers ``quantize_model`` creates (and re-quantizes)."""
 
 
 def _dequantize(model: nn.Module) -> bool:
     """Undo a previous quantize_model in ``model``'s submodules; whether anything was undone."""
-    undone = False
+    undone = remove_attention_quantization(model)
     for module in list(model.modules()):
         if traced_adds(module):
             untrace(module)
@@ -127,6 +139,11 @@ def _dequantize(model: nn.Module) -> bool:
 def _float_twin(layer: nn.Module) -> nn.Module:
     """The float layer ``layer`` quantizes, holding the very same Parameter objects."""
     kwargs = dict(type(layer).float_config(layer))
+    if type(layer) is QuantConv1D:
+        module = conv1d_class()(layer.nf, layer.nx)
+        for pname, param in layer.named_parameters(recurse=False):
+            setattr(module, pname, param)
+        return module.train(layer.training)
     if "device" in kwargs:
         kwargs["device"] = "meta"  # parameters are replaced below: allocate nothing
     module = _TWINS[type(layer)](**kwargs)
@@ -149,7 +166,9 @@ def _swap_children(parent: nn.Module, prefix: str, cfg: QuantConfig) -> None:
 
 def _quantized_twin(module: nn.Module, name: str, cfg: QuantConfig) -> Optional[QuantLayer]:
     cls = WEIGHT_LAYERS.get(type(module)) or ACTIVATION_LAYERS.get(type(module))
-    if cls is None:
+    if cls is None and conv1d_class() is not None and type(module) is conv1d_class():
+        cls = QuantConv1D
+    if cls is None or (cls not in ACTIVATION_LAYERS.values() and not cfg.is_target(name, type(module).__name__)):
         return None
     roles = _roles(module, name, cfg)
     if not roles or all(section is None for section in roles.values()):

@@ -23,7 +23,12 @@ from ..quant_layer import QuantLayer
 from .config import name_matches
 
 WEIGHT_ROLES = ("weight", "bias")
-ACTIVATION_ROLES = ("input", "output", "act")
+
+
+def activation_roles(layer: QuantLayer) -> List[str]:
+    """``layer``'s roles that quantize activations: every role but ``weight`` and ``bias``
+    (``input``, ``output``, ``act``, and the operands of QuantScaledDotProductAttention)."""
+    return [r for r in layer.quant_roles if r not in WEIGHT_ROLES]
 _STASH = "_qzoo_disabled_quantizers"
 
 
@@ -113,7 +118,7 @@ def quantization_disabled(
 
 
 def _roles(layer: QuantLayer, weights: bool, activations: bool) -> List[str]:
-    roles = [r for r in layer.quant_roles if (weights and r in WEIGHT_ROLES) or (activations and r in ACTIVATION_ROLES)]
+    roles = [r for r in layer.quant_roles if (weights and r in WEIGHT_ROLES) or (activations and r not in WEIGHT_ROLES)]
     bias = getattr(layer, "bias_quant", None) or _stash(layer).get("bias")
     if activations and not weights and getattr(bias, "requires_input_scale", False):
         roles.append("bias")
