@@ -68,15 +68,10 @@ class QuantConv1D(QuantWeightLayer):
 
     @classmethod
     def from_float(cls, module: nn.Module, **quant_kwargs: Any) -> "QuantConv1D":
-        conv1d = conv1d_class()
-        if conv1d is None or not isinstance(module, conv1d):
-            raise TypeError(f"QuantConv1D.from_float expects a transformers Conv1D, got {type(module).__name__}")
-        layer = cls(**cls.float_config(module), **quant_kwargs)
-        with torch.no_grad():
-            for name, param in module.named_parameters(recurse=False):
-                getattr(layer, name).copy_(param)
-                getattr(layer, name).requires_grad_(param.requires_grad)
-        return layer.train(module.training)
+        """The quantized twin of a transformers ``Conv1D`` (see :meth:`QuantLayer.from_float`)."""
+        if cls.float_class is None:
+            cls.float_class = conv1d_class()  # known once transformers is imported
+        return super().from_float(module, **quant_kwargs)
 
     @classmethod
     def float_config(cls, module: nn.Module) -> Dict[str, Any]:
