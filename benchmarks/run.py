@@ -29,7 +29,7 @@ import torch
 
 from quantizers.compile import compile_enabled, compile_policy
 
-from . import coldstart, export, fake_quant, layers, training
+from . import coldstart, export, fake_quant, hf_transformers, layers, training
 from .brevitas_twins import brevitas_available, brevitas_version
 from .cases import Case, Context
 from .report import markdown_tables, summary_line, write_json
@@ -41,7 +41,7 @@ MIN_REPEATS = 7
 
 def all_cases() -> List[Case]:
     """Every case, in report order."""
-    return [*coldstart.cases(), *fake_quant.cases(), *layers.cases(), *training.cases(), *export.cases()]
+    return [*coldstart.cases(), *fake_quant.cases(), *layers.cases(), *training.cases(), *export.cases(), *hf_transformers.cases()]
 
 
 def select(cases: List[Case], quick: bool, only: Optional[List[str]]) -> List[Case]:

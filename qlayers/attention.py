@@ -16,8 +16,10 @@ per-token K scales are per key token (Brevitas hands the quantizer Kᵀ). With g
 KV head). ``softmax_input_quant`` quantizes the scores before the mask is added (a mask's -inf would
 otherwise set the range); Brevitas adds the mask first.
 
-Computation: scores and the softmax in float32 for half inputs (as Hugging Face's eager attention),
-the output in the inputs' dtype. A query row whose keys are all masked gives zeros (as
+Computation: when neither the scores nor the softmax output is quantized, the quantized Q, K, V go
+through torch's fused ``F.scaled_dot_product_attention``; otherwise scores and the softmax are
+computed in float32 for half inputs (as Hugging Face's eager attention), the output in the inputs'
+dtype. A query row whose keys are all masked gives zeros (as
 ``F.scaled_dot_product_attention``'s memory-efficient kernel), not NaN.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import math
 from typing import Any, Callable, Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quantizers import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
@@ -123,6 +126,8 @@ class QuantScaledDotProductAttention(QuantLayer):
         q = _q(self.q_scaled_quant, query * s)
         k = _q(self.k_transposed_quant, key)
         v = _q(self.v_quant, value)
+        if self.softmax_input_quant is None and self.attn_output_weights_quant is None:
+            return self._quant_output(_float_attention(q, k, v, attn_mask, dropout_p, is_causal), self.sdpa_output_quant)
         if enable_gqa and k.size(-3) != q.size(-3):
             k = k.repeat_interleave(q.size(-3) // k.size(-3), -3)
             v = v.repeat_interleave(q.size(-3) // v.size(-3), -3)
@@ -139,6 +144,17 @@ class QuantScaledDotProductAttention(QuantLayer):
             weights = torch.dropout(weights, dropout_p, train=True)
         weights = _q(self.attn_output_weights_quant, weights.to(dtype))
         return self._quant_output(weights @ v, self.sdpa_output_quant)
+
+
+def _float_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], dropout_p: float, is_causal: bool) -> torch.Tensor:
+    """``softmax(q kᵀ + bias) v`` by torch's fused SDPA (``q`` already scaled), for when nothing
+    quantizes the scores or the softmax output; a query row that sees no key gives zeros."""
+    gqa = q.dim() >= 3 and k.size(-3) != q.size(-3)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=1.0, enable_gqa=gqa)
+    if mask is not None:
+        hidden = ~mask.any(-1, keepdim=True) if mask.dtype == torch.bool else torch.isneginf(mask).all(-1, keepdim=True)
+        out = out.masked_fill(hidden, 0.0)
+    return out
 
 
 def _q(quantizer: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:

