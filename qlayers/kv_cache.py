@@ -122,7 +122,9 @@ class QuantizedKVLayer(DynamicLayer):
 
 
 class QuantizedKVCache(Cache):
-    """A cache for ``generate`` whose keys and values are stored quantized and packed.
+    """A ``transformers`` cache whose keys and values are stored as packed QuantTensors: each
+    ``update`` stores ``pack(Q(x))`` (element codes + scales per token or group) and returns
+    ``Q(x)`` of every cached token; ``nbytes`` counts the stored bytes.
 
     ``config`` is the model's config (or the model); ``format`` a name in ``KV_FORMATS``, a
     declarative spec (``{"format": "int4", "granularity": "group", "group_size": 64}``) or a

@@ -16,9 +16,19 @@ import torch
 import torch.nn.functional as F
 
 import qlayers
+import quantizers
 from qlayers import QuantScaledDotProductAttention
 from qlayers.model.spec import spec_to_quantizer
 from quantizers import Fp8e4m3OCPActPerTokenFloat, Int8ActPerTokenFloat
+
+@pytest.fixture(autouse=True, scope="module")
+def eager_kernels():
+    """Eager kernels here (compiled ones are tested elsewhere): a background compile started by
+    this early file would load torch._dynamo while later files' tests run."""
+    quantizers.set_compile_enabled(False)
+    yield
+    quantizers.set_compile_enabled(None)
+
 
 MXFP8 = spec_to_quantizer({"format": "mxfp8"}, role="input")
 INT8_PER_HEAD = spec_to_quantizer({"format": "int8", "granularity": "channel", "observer": "minmax"}, role="input")

@@ -205,6 +205,7 @@ def test_attention_that_cannot_be_intercepted_raises_naming_the_module():
 def test_requantizing_without_attention_restores_the_float_attention():
     model = tiny_decoder("llama", torch.float32)
     q = qlayers.quantize_model(model, W8_TOKEN_FP8_ATTN)
+    assert model.config._attn_implementation == "sdpa" and q.config._attn_implementation == "qzoo"  # a copy
     with pytest.warns(UserWarning, match="already quantized"):
         again = qlayers.quantize_model(q, {"weights": {"format": "int8"}})
     assert not any(isinstance(m, qlayers.QuantScaledDotProductAttention) for m in again.modules())
