@@ -141,7 +141,7 @@ def test_quantize_model_config_is_replayed_on_load_with_residual_adds(tmp_path):
         def forward(self, x):
             return self.b(torch.relu(self.a(x)) + x)
 
-    config = {"weights": "MXFloat4e2m1Weight", "inputs": "Int8ActPerTensorFloat"}
+    config = {"weights": "MXFloat4e2m1Weight", "inputs": "Int8ActPerTensorFloat", "functional_adds": True}
     model = qlayers.quantize_model(Residual(), config)
     x = torch.randn(6, 32)
     qlayers.calibrate(model, [x], progress=False)
@@ -238,7 +238,7 @@ def test_packed_mxfp4_minilm_is_at_most_0_30x_the_float32_file(tmp_path):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "float32.safetensors")
-    config = {"weights": "MXFloat4e2m1Weight", "functional_adds": False}
+    config = {"weights": "MXFloat4e2m1Weight", "targets": ["Linear", "Embedding"]}  # the tables too
     q = qlayers.quantize_model(model, config)
     report = qlayers.save_packed(q, tmp_path / "packed", config=config)
     ratio = os.path.getsize(tmp_path / "packed" / "model.safetensors") / os.path.getsize(tmp_path / "float32.safetensors")

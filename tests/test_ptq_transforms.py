@@ -288,7 +288,7 @@ def test_smoothquant_bad_options_raise_naming_them(bad, match):
     model = nn.Sequential()
     model.embed = nn.Embedding(10, 8)
     model.fc = nn.Linear(8, 4)
-    q = qlayers.quantize_model(model, {"weights": {"format": "int8"}})
+    q = qlayers.quantize_model(model, {"weights": {"format": "int8"}, "targets": ["Linear", "Embedding"]})
     with pytest.raises((ValueError, TypeError), match=match):
         ptq.smoothquant(q, [torch.randint(0, 10, (2, 3))], **bad)
 

@@ -183,7 +183,7 @@ def test_quantized_or_already_rotated_models_raise():
     model = build("llama")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantized = qlayers.quantize_model(model, {"weights": {"format": "int8"}})
+        quantized = qlayers.quantize_model(model, {"weights": {"format": "int8"}, "targets": ["Linear", "Embedding"]})
     with pytest.raises(ValueError, match="is quantized .*QuantEmbedding at 'model.embed_tokens'.*rotate the float model once"):
         qlayers.rotate(quantized)
     rotated = qlayers.rotate(model)
