@@ -46,7 +46,7 @@ def _require_onnx():
         ) from None
 
 
-def _probe(model: nn.Module, example_inputs: Tuple[Any, ...]) -> Dict[int, torch.Tensor]:
+def _probe(model: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[int, torch.Tensor]:
     """The first tensor every TensorQuantizer of the quantized layers sees in one forward."""
     from .onnx_layers import quant_layers
 
@@ -63,7 +63,7 @@ def _probe(model: nn.Module, example_inputs: Tuple[Any, ...]) -> Dict[int, torch
                 handles.append(module.register_forward_pre_hook(record))
     try:
         with torch.no_grad():
-            model(*example_inputs)
+            model(*args, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
@@ -105,7 +105,7 @@ def _quiet_exporter():
 
 def export_onnx(
     model: nn.Module,
-    example_inputs: Union[torch.Tensor, Tuple[Any, ...]],
+    example_inputs: Union[torch.Tensor, Tuple[Any, ...], Dict[str, Any]],
     path: Optional[str],
     target: str = "ort",
     *,
@@ -128,9 +128,12 @@ def export_onnx(
 
     Every dequantized weight equals qzoo's bit for bit, and so does every quantized activation;
     the layer outputs differ from the fake-quant model only by the order of float additions inside
-    the runtime's matmul/conv kernels.
+    the runtime's matmul/conv kernels. (onnxruntime's graph optimizations rewrite Q/DQ graphs into
+    integer kernels with their own rounding: run with ``graph_optimization_level =
+    ORT_DISABLE_ALL`` to execute the graph as written.)
 
-    Shapes are those of ``example_inputs`` unless ``dynamic_shapes`` (passed to
+    ``example_inputs`` is a tensor, a tuple of positional arguments or a dict of keyword arguments
+    (a tokenizer's output for a Hugging Face model). Shapes are those of ``example_inputs`` unless ``dynamic_shapes`` (passed to
     ``torch.onnx.export``, e.g. ``({0: "batch"},)``) makes some dimensions symbolic.
 
     Raises ``ExportError`` (a ``ValueError``) naming the layer before anything is written: an
@@ -151,12 +154,15 @@ def export_onnx(
     from .onnx_ops import translation_table
     from .onnx_weights import OnnxDequantize
 
-    example_inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if isinstance(example_inputs, dict):
+        args, kwargs = (), dict(example_inputs)
+    else:
+        args, kwargs = (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
     _check_model(model)
     training = model.training
     model.eval()
     try:
-        samples = _probe(model, example_inputs)
+        samples = _probe(model, args, kwargs)
         twins = build_twins(model, samples, target)
         constants = {
             f"{name}.{child}" if name else child: module
@@ -168,7 +174,7 @@ def export_onnx(
         wait_for_compiles()
         with swapped(model, twins) as export_model, _quiet_exporter():
             program = torch.onnx.export(
-                export_model, example_inputs, dynamo=True, opset_version=EXPORTER_OPSET, optimize=False,
+                export_model, args, kwargs=kwargs, dynamo=True, opset_version=EXPORTER_OPSET, optimize=False,
                 custom_translation_table=translation_table(), verbose=False, dynamic_shapes=dynamic_shapes,
             )
     finally:
