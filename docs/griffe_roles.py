@@ -1,26 +1,21 @@
 """Griffe extension of the docs site: Sphinx cross-reference roles in docstrings render as code.
 
 The docstrings use reStructuredText roles (``:class:`quantizers.BiasQuantizer```, ``:func:`~x.f```)
-that Markdown would show verbatim; this turns each into a code span of the name (``~`` keeps only
-the last component, as Sphinx does). Loaded by mkdocstrings (``extensions`` in ``mkdocs.yml``).
+that Markdown would show verbatim; this turns each into a code span of the name
+(``tools.docs_api.strip_roles``). Loaded by mkdocstrings (``extensions`` in ``mkdocs.yml``).
 """
 from __future__ import annotations
 
-import re
+import sys
+from pathlib import Path
 
 import griffe
 
-ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|obj|exc|const|ref):`(~?)([^`]+)`")
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-
-def _replace(match: re.Match) -> str:
-    name = match.group(2)
-    return f"`{name.rsplit('.', 1)[-1] if match.group(1) else name}`"
-
-
-def strip_roles(text: str) -> str:
-    """``text`` with every Sphinx role replaced by a code span of its target."""
-    return ROLE.sub(_replace, text)
+from tools.docs_api import strip_roles  # noqa: E402
 
 
 class SphinxRoles(griffe.Extension):

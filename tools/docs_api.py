@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import inspect
 import pkgutil
 import sys
@@ -29,6 +30,19 @@ from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("quantizers", "qlayers")
+_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|obj|exc|const|ref):`(~?)([^`]+)`")
+
+
+def strip_roles(text: str) -> str:
+    """``text`` with every Sphinx role (``:class:`a.B```, ``:func:`~a.f```) replaced by a code span of
+    its target (``~`` keeps the last component, as Sphinx shows it)."""
+    return _ROLE.sub(lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", text)
+
+
+def summary(module_name: str) -> str:
+    """The first paragraph of a module's docstring, roles stripped, on one line ("" if none)."""
+    doc = inspect.getdoc(importlib.import_module(module_name)) or ""
+    return strip_roles(" ".join(doc.split("\n\n")[0].split()))
 
 
 @dataclass
@@ -171,7 +185,7 @@ def page_markdown(page: Page, pages: List[Page]) -> str:
         groups.setdefault(_owner(entry.path), []).append(entry)
     for owner, entries in groups.items():
         if len(groups) > 1 or owner != page.module:
-            lines += [f"## `{owner}`", ""]
+            lines += [f"## `{owner}`", ""] + ([summary(owner), ""] if summary(owner) else [])
         for entry in entries:
             lines += [f"::: {entry.path}", "    options:", "      heading_level: 3",
                       f'      toc_label: "{entry.public.rsplit(".", 1)[-1]}"', ""]
