@@ -18,6 +18,9 @@ Tables (``python -m benchmarks.hf_transformers [--sentences N]``), printed as Ma
 - KV-cache bytes per token (all layers, keys and values) of ``qlayers.QuantizedKVCache`` for each
   format on a tiny Llama (4 layers, 4 KV heads, head dimension 64), against a float32 and a
   bfloat16 ``DynamicCache``.
+- The "with rotation" column (:mod:`benchmarks.rotation_table`, skipped with ``--skip-rotation``):
+  rotation does not apply to BERT (post-LN LayerNorms subtract the mean), so it is measured on a
+  tiny trained Llama: perplexity ratio to float per format, without and with ``qlayers.rotate``.
 """
 from __future__ import annotations
 
@@ -214,11 +217,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sentences", type=int, default=256, help="MiniLM sentences (>= 200 for the README)")
     parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--skip-rotation", action="store_true", help="skip the tiny-Llama rotation table (trains a model)")
     args = parser.parse_args(argv)
     print(kv_cache_table())
     if not args.skip_minilm:
         print()
         print(minilm_table(args.sentences))
+    if not args.skip_rotation:  # the "with rotation" column: a decoder (rotation does not apply to BERT)
+        from .rotation_table import rotation_rows, table
+
+        print()
+        print(table(rotation_rows()))
 
 
 if __name__ == "__main__":
