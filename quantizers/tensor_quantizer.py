@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from enum import Enum
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from .scaling.scalers import Scaler, Scales
 from .scaling.statistics import (
     Range, Statistic, abs_percentile, mark_nonfinite_blocks, min_max_percentile, range_statistic,
 )
+from .tensor.grouping import from_groups
 from .tensor import (
     FloatQuantTensor,
     GroupwiseFloatQuantTensor,
@@ -98,6 +99,20 @@ class TensorQuantizer(nn.Module):
     The attribute ``range_source`` (a :class:`RangeSource`) is the runtime mode; it starts as
     ``LEARNED`` (``learned_scale``), ``FIXED`` (both ends of ``float_range``), ``OBSERVER`` (an
     observer) or ``TENSOR``, and the model tools (calibration, freezing) set it.
+
+    **Frozen scales** (weights above all): :meth:`freeze_scales` keeps the scales a tensor gets
+    now (scale, zero point, NVFP4's per-tensor scale, OCP MX shared exponents, MINVAL offset) in
+    buffers ``frozen_scale``, ``frozen_zero_point``, ``frozen_outer_scale``, ``frozen_offset``
+    (those the format has). While they exist they are used in place of any range the
+    ``range_source`` would give, in training and eval; they are saved in ``state_dict`` and a
+    checkpoint holding them freezes the quantizer it is loaded into; :meth:`unfreeze_scales`
+    removes them. PTQ (GPTQ) freezes the scales it rounded the weight with, so the weight stays
+    a fixed point of its quantizer::
+
+        q = layer.weight_quant
+        q.freeze_scales(layer.weight)   # scales of the current weight, kept
+        layer.weight.data += 1e-3       # later changes no longer move the scales
+        q.unfreeze_scales()             # back to the weight's own statistic
     """
 
     def __init__(
@@ -168,6 +183,95 @@ class TensorQuantizer(nn.Module):
     def is_static(self) -> bool:
         return self.observer is not None
 
+    # ---- frozen scales -----------------------------------------------------------------------
+    @property
+    def scales_frozen(self) -> bool:
+        """True while frozen scales (see the class docstring) are in use."""
+        return "frozen_scale" in self._buffers
+
+    @property
+    def frozen_scales(self) -> Optional[Scales]:
+        """The frozen :class:`~quantizers.scaling.scalers.Scales`, or None when not frozen."""
+        if not self.scales_frozen:
+            return None
+        part = lambda name: self._buffers.get("frozen_" + name)  # noqa: E731
+        return Scales(part("scale"), part("zero_point"), part("outer_scale"), part("offset"))
+
+    def freeze_scales(self, x: Optional[torch.Tensor] = None, *, scales: Optional[Scales] = None) -> Scales:
+        """Keep scales in buffers until :meth:`unfreeze_scales`: those ``x`` gets now
+        (:meth:`compute_scales`), or ``scales`` as given (shaped per scale, as :meth:`compute_scales`
+        returns them). Returns the frozen scales."""
+        if (x is None) == (scales is None):
+            raise TypeError("freeze_scales takes either a tensor x or scales=..., exactly one of them")
+        if scales is None:
+            scales = self.compute_scales(x)
+        if not isinstance(scales, Scales):
+            raise TypeError(f"scales must be a quantizers.scaling.scalers.Scales, got {type(scales).__name__}")
+        self.unfreeze_scales()
+        for name in _FROZEN_PARTS:
+            value = getattr(scales, name)
+            if value is not None:
+                self.register_buffer("frozen_" + name, value.detach().to(torch.float32).clone())
+        return self.frozen_scales
+
+    def unfreeze_scales(self) -> None:
+        """Drop the frozen scales: the range source decides again."""
+        for name in _FROZEN_PARTS:
+            self._buffers.pop("frozen_" + name, None)
+
+    def compute_scales(self, x: torch.Tensor, outer_scale: Optional[torch.Tensor] = None) -> Scales:
+        """The scales ``x`` gets from the range :attr:`range_source` gives (frozen scales aside;
+        an observer is not updated), shaped per scale (float32). ``outer_scale`` keeps a two-level
+        scaler's per-tensor scale (NVFP4's global scale) and computes only the block scales."""
+        source = self._range_source
+        if source in (RangeSource.TENSOR, RangeSource.FIXED, RangeSource.OBSERVE, RangeSource.OBSERVE_AND_QUANTIZE) or (
+            source is RangeSource.OBSERVER and not self.observer.is_initialized
+        ):
+            stat = self.statistic(x)
+        else:
+            stat = self.range_for(x)
+        stat = widen_statistic(stat, x.dtype)
+        if outer_scale is None:
+            return self.scaler(stat)
+        if not getattr(self.scaler, "two_level", False):
+            raise ValueError(f"outer_scale is given, but this quantizer's scale rule ({type(self.scaler).__name__}) has no per-tensor outer scale")
+        return self.scaler.with_outer_scale(stat, outer_scale)
+
+    def element_scales(self, scales: Scales, shape: Sequence[int]) -> Scales:
+        """``scales`` (shaped per scale, for a tensor of ``shape``) as one value per element of
+        ``shape``: the effective scale (outer scale folded in), zero point and offset, so that
+        :meth:`quantize_elements` can quantize any subset of the elements."""
+        shape = torch.Size(shape)
+        spread = lambda t: None if t is None else self._per_element(t, shape)  # noqa: E731
+        return Scales(spread(scales.effective_scale), spread(scales.zero_point), None, spread(scales.offset))
+
+    def _per_element(self, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        granularity = self.granularity
+        if granularity.kind == "group":
+            laid_out = granularity.layout(torch.empty(shape, device="meta")).shape
+            return from_groups(value.expand(laid_out), granularity.resolve_axis(len(shape)), shape).contiguous()
+        if granularity.kind == "tile":
+            return granularity.from_layout(value, shape).contiguous()
+        return value.expand(shape).contiguous()
+
+    def quantize_elements(self, x: torch.Tensor, scales: Scales) -> torch.Tensor:
+        """``x`` fake-quantized with scales that broadcast against ``x`` itself (element-wise, from
+        :meth:`element_scales`): the same formula and rounding as :meth:`forward`, for any subset of
+        a tensor's elements (GPTQ quantizes one column at a time this way)."""
+        return self._fake_quantize(x, scales)
+
+    def _quantize_frozen(self, x: torch.Tensor) -> QuantTensor:
+        scales = self.frozen_scales
+        layout = self.granularity.layout(x)
+        for name in _FROZEN_PARTS:
+            value = getattr(scales, name)
+            if value is not None and name != "outer_scale" and not _broadcasts_to(value.shape, layout.shape):
+                raise ValueError(
+                    f"frozen scales of shape {tuple(value.shape)} do not fit a tensor of shape {tuple(x.shape)} "
+                    f"(layout {tuple(layout.shape)}, granularity {self.granularity}); unfreeze_scales() or freeze them for this tensor"
+                )
+        return self._wrap(x, self._fake_quantize(layout, scales), scales)
+
     def extra_repr(self) -> str:
         text = (
             f"fmt={getattr(self.fmt, 'name', self.fmt)}, granularity={self.granularity}, "
@@ -177,6 +281,8 @@ class TensorQuantizer(nn.Module):
             text += f", range_source={self._range_source.value}"
         if self.float_range is not None:
             text += f", float_range={self.float_range}"
+        if self.scales_frozen:
+            text += ", scales frozen"
         return text
 
     # ---- statistics --------------------------------------------------------------------------
@@ -317,6 +423,12 @@ class TensorQuantizer(nn.Module):
     # ---- state -------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         error_msgs.extend(self._state_shape_errors(state_dict, prefix))
+        if any(prefix + "frozen_" + name in state_dict for name in _FROZEN_PARTS):  # a frozen checkpoint freezes
+            self.unfreeze_scales()
+            for name in _FROZEN_PARTS:
+                if prefix + "frozen_" + name in state_dict:
+                    value = state_dict[prefix + "frozen_" + name]
+                    self.register_buffer("frozen_" + name, torch.empty_like(value, dtype=torch.float32, device=_device_of(self, value)))
         key = prefix + "learned_range"
         if "learned_range" in self._parameters and key in state_dict:
             self.learned_range.data = torch.empty_like(state_dict[key], device=self.learned_range.device)
@@ -395,6 +507,8 @@ class TensorQuantizer(nn.Module):
         says ``x``'s shape never changes (a weight), which selects shape-specialised compiled
         kernels (see :func:`quantize_from_own_range`)."""
         self._warn_if_mostly_padding(x)
+        if self.scales_frozen:
+            return self._quantize_frozen(x)
         source = self._range_source
         if source is RangeSource.OBSERVE:
             self._observe(x)
@@ -441,6 +555,9 @@ class TensorQuantizer(nn.Module):
         return cls(**common)
 
 
+_FROZEN_PARTS = ("scale", "zero_point", "outer_scale", "offset")
+
+
 def fake_quantize_layout(
     layout: torch.Tensor, scales: Scales, fmt: NumberFormat, rounding: Optional[str], saturating: Optional[bool],
     generator: Optional[torch.Generator] = None,
@@ -474,6 +591,19 @@ def _best_per_tensor_ratio(sample, stat, ratios, scaler, fmt, rounding, saturati
     quantized = fake_quantize(sample[None, :], scale, fmt, zero_point, rounding, saturating)
     errors = torch.nan_to_num((quantized - sample[None, :]).pow(2).sum(dim=1), nan=torch.inf)
     return ratios.gather(0, torch.argmin(errors).reshape(1)).reshape(())
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target``."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+def _device_of(module: nn.Module, default: torch.Tensor) -> torch.device:
+    """The device of ``module``'s tensors (``default``'s when it has none)."""
+    return next(iter(module.buffers()), next(iter(module.parameters()), default)).device
 
 
 def _stack(stat: Statistic) -> torch.Tensor:

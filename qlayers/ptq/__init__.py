@@ -30,6 +30,8 @@ from torch import nn
 
 from .capture import CalibrationDataError, as_batches, capture_inputs, check_data
 from .distributed import all_reduce_count, all_reduce_sum, is_distributed
+from .gptq import gptq, gptq_quantize
+from .hessian import hessian
 from .registry import Algorithm, algorithm_names, get_algorithm, parse_algorithms, register
 from .report import LayerReport, PTQReport
 from .runner import eval_mode, output_error, run_layer_by_layer
@@ -67,7 +69,7 @@ def apply(model: nn.Module, data: Any, algorithms: Any, *, forward=None, progres
 
 
 __all__ = [
-    "apply", "register", "algorithm_names", "get_algorithm", "parse_algorithms", "Algorithm",
+    "apply", "gptq", "gptq_quantize", "hessian", "register", "algorithm_names", "get_algorithm", "parse_algorithms", "Algorithm",
     "PTQReport", "LayerReport", "CalibrationDataError", "run_layer_by_layer", "capture_inputs", "check_data",
     "as_batches", "select_layers", "output_error", "eval_mode", "all_reduce_sum", "all_reduce_count", "is_distributed",
     "awq", "bias_correction", "equalize", "ofmr", "smoothquant",

@@ -94,9 +94,22 @@ def nvfp4_scales(
     NaN never moves the tensor scale of the clean blocks; a NaN ``amax_tensor`` is kept (every block
     is then NaN), never replaced by 1.
     """
+    tensor_scale = nvfp4_tensor_scale(amax_tensor, element_max)
+    return nvfp4_block_scale(amax_blocks, tensor_scale, element_max), tensor_scale
+
+
+def nvfp4_tensor_scale(amax_tensor: torch.Tensor, element_max: float = 6.0) -> torch.Tensor:
+    """NVFP4's per-tensor scale ``amax_tensor / (448 * 6)`` (1 for an all-zero tensor); see
+    :func:`nvfp4_scales`."""
     e4m3 = get_format(NVFP4_BLOCK_SCALE_FORMAT)
     tensor_scale = amax_tensor.to(torch.float32) / (e4m3.max_value * element_max)
-    tensor_scale = torch.where((tensor_scale > 0) | torch.isnan(tensor_scale), tensor_scale, torch.ones_like(tensor_scale))
+    return torch.where((tensor_scale > 0) | torch.isnan(tensor_scale), tensor_scale, torch.ones_like(tensor_scale))
+
+
+def nvfp4_block_scale(amax_blocks: torch.Tensor, tensor_scale: torch.Tensor, element_max: float = 6.0) -> torch.Tensor:
+    """NVFP4's E4M3 block scales for a given per-tensor scale (fixed, e.g. by GPTQ before its
+    pass); see :func:`nvfp4_scales`."""
+    e4m3 = get_format(NVFP4_BLOCK_SCALE_FORMAT)
     block_scale = e4m3.quantize(amax_blocks.to(torch.float32) / element_max / tensor_scale)
     block_scale = block_scale.clamp(e4m3.min_subnormal, e4m3.max_value)
-    return torch.where(torch.isfinite(amax_blocks), block_scale, torch.nan), tensor_scale
+    return torch.where(torch.isfinite(amax_blocks), block_scale, torch.nan)

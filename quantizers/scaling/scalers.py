@@ -44,11 +44,14 @@ class Scaler:
     """Base class: ``needs`` is ``"absmax"`` or ``"minmax"``; ``__call__(stat) -> Scales``;
     ``scale_format`` is the format scales are stored in when packed (``None``: float32);
     ``nan_blocks``: a block holding NaN/Inf gets the NaN scale (OCP MX, NVFP4), so its statistic
-    must keep NaN/Inf (see the NaN/Inf policy in :mod:`quantizers.scaling`)."""
+    must keep NaN/Inf (see the NaN/Inf policy in :mod:`quantizers.scaling`); ``two_level``: the
+    rule has a per-tensor outer scale and ``with_outer_scale(stat, outer_scale)`` computes the
+    inner scales for a given one."""
 
     needs = "absmax"
     scale_format: Optional[NumberFormat] = None
     nan_blocks = False
+    two_level = False  # has a per-tensor outer scale (and ``with_outer_scale``)
 
     def __call__(self, stat: Statistic) -> Scales:
         raise NotImplementedError
@@ -144,10 +147,16 @@ class NVFP4Scaler(Scaler):
 
     fmt: NumberFormat
     nan_blocks = True
+    two_level = True
 
     @property
     def scale_format(self) -> NumberFormat:  # type: ignore[override]
         return get_format(block_scales.NVFP4_BLOCK_SCALE_FORMAT)
+
+    def with_outer_scale(self, stat: Statistic, outer_scale: torch.Tensor) -> Scales:
+        """The E4M3 block scales for the per-tensor scale ``outer_scale`` held fixed."""
+        outer_scale = outer_scale.to(torch.float32)
+        return Scales(block_scales.nvfp4_block_scale(stat, outer_scale, self.fmt.max_value), outer_scale=outer_scale)
 
     def __call__(self, stat: Statistic) -> Scales:
         finite = finite_or_zero(stat)  # the tensor scale comes from the blocks without NaN/Inf
