@@ -103,8 +103,12 @@ def test_other_types_and_strategies():
     assert resolve_attributes(spec_to_quantizer(out["inputs"], "input")) == resolve_attributes(qz.MXFloat8e4m3Act)
 
 
-@pytest.mark.parametrize("algorithm", ["gptq", {"awq": {"grids_num": 20}}, {"smoothquant": {"smooth_strength": 0.5}}, {"ofmr"}])
-def test_unsupported_algorithms_raise_not_implemented(algorithm):
+UNREGISTERED = [a for a in ({"awq": {"grids_num": 20}}, {"smoothquant": {"smooth_strength": 0.5}}, {"ofmr"})
+                if next(iter(a)) not in qlayers.ptq.algorithm_names()]
+
+
+@pytest.mark.parametrize("algorithm", UNREGISTERED)
+def test_unregistered_algorithms_raise_not_implemented(algorithm):
     with pytest.raises(NotImplementedError, match="not yet supported"):
         quantize(build_model(), {'batch_num': 1, 'quant_cfg': {'weights': {'type': 'int8'}}, 'algorithm': algorithm})
 
@@ -148,3 +152,45 @@ def test_config_errors_name_the_key(cfg, pieces):
         translate(cfg)
     for piece in pieces:
         assert piece in str(info.value), str(info.value)
+
+
+def _gptq_cfg(algorithm):
+    # weight-only INT4 per group with GPTQ, in AMCT's own keys
+    return {'batch_num': 2,
+            'quant_cfg': {'weights': {'type': 'int4', 'symmetric': True, 'strategy': 'group', 'group_size': 32}},
+            'algorithm': algorithm}
+
+
+@pytest.mark.parametrize("algorithm", [{'gptq'}, 'gptq', ['minmax', 'gptq'], {'gptq': {}}])
+def test_gptq_runs_on_the_batch_num_batches_after_quantize(algorithm):
+    ori_model = build_model()
+    g = torch.Generator().manual_seed(3)
+    mix = torch.randn(64, 64, generator=g) / 8
+    batches = [torch.randn(32, 64, generator=g) @ mix for _ in range(2)]
+    model = copy.deepcopy(ori_model)
+    quantize(model, _gptq_cfg(algorithm))
+    rtn = [model[i].quant_weight().value.clone() for i in (0, 2)]
+    with torch.no_grad():
+        model(batches[0])
+        assert not model[0].weight_quant.scales_frozen  # waits for batch_num batches
+        model(batches[1])
+    assert model[0].weight_quant.scales_frozen and model[2].weight_quant.scales_frozen
+    # the same as GPTQ run by hand on the same batches
+    by_hand = qlayers.quantize_model(ori_model, {'weights': {'format': 'int4', 'granularity': 'group', 'group_size': 32}})
+    qlayers.ptq.gptq(by_hand, batches, progress=False)
+    for i in (0, 2):
+        assert torch.equal(model[i].weight, by_hand[i].weight)
+    x = torch.cat(batches)
+    w = ori_model[0].weight.detach()
+    error = lambda q: float((x @ (q.detach() - w).T).pow(2).sum())  # noqa: E731
+    assert error(model[0].quant_weight().value) < error(rtn[0])
+
+
+def test_convert_runs_gptq_on_the_batches_seen_so_far():
+    model = build_model()
+    quantize(model, _gptq_cfg({'gptq'}))
+    with torch.no_grad():
+        model(torch.randn(16, 64))
+    convert(model)
+    assert model[0].weight_quant.scales_frozen
+    assert torch.equal(model[0].quant_weight().value, model[0].weight)

@@ -4,8 +4,8 @@ AMCT's flow: ``quantize(model, cfg)`` turns the model into a calibration model i
 ``batch_num`` batches through it computes the quantization parameters; then the model quantizes.
 Here ``quantize`` swaps the model's ``nn.Linear``/``nn.Conv*`` layers in place (and returns the
 model too); with activation quantization it starts calibration, which ends by itself after
-``batch_num`` forward calls of the model (or at :func:`convert`). Weight-only configs need no
-calibration.
+``batch_num`` forward calls of the model (or at :func:`convert`). Weight-only configs without a
+PTQ algorithm need no calibration.
 
 Config (AMCT's keys)::
 
@@ -24,17 +24,23 @@ Config (AMCT's keys)::
 - ``strategy``: weights ``tensor``/``channel``/``group`` (``group_size``: a multiple of 32);
   inputs ``tensor`` (static, min/max over the calibration batches) or ``token`` (dynamic).
   MX types are per block of 32 (``group``, their default and only strategy; dynamic for inputs).
-- ``algorithm``: ``minmax`` (the default). ``gptq``, ``awq``, ``smoothquant`` and ``ofmr`` raise
-  ``NotImplementedError``. HiFloat8 uses qzoo's HiF8 default, a power-of-two scale of least
-  squared error (the weight-side analogue of OFMR's power-of-two search).
+- ``algorithm``: ``minmax`` (the default: round to nearest with min/max ranges) and the PTQ
+  algorithms registered in :mod:`qlayers.ptq` (``gptq``; ``awq`` with ``grids_num``,
+  ``smoothquant`` with ``smooth_strength`` once registered), as ``{'gptq'}``, ``'gptq'``,
+  ``['minmax', 'gptq']`` or ``{'awq': {'grids_num': 20}}``. They run on the ``batch_num`` batches
+  the model is called with after ``quantize`` (recorded as they pass, after activation
+  calibration), when the last of them has run or at :func:`convert`. An AMCT algorithm qzoo has
+  not registered raises ``NotImplementedError``. HiFloat8 uses qzoo's HiF8 default, a power-of-two
+  scale of least squared error (the weight-side analogue of OFMR's power-of-two search).
 - ``skip_layers``: layers whose name contains one of the strings stay float.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from torch import nn
 
+from .. import ptq
 from ..model.calibrate import finish_calibration, start_calibration
 from ..model.convert import quantize_model
 from ..model.errors import bad_type, bad_value, join, unknown_key
@@ -54,8 +60,8 @@ INPUT_TYPES = {
 WEIGHT_STRATEGIES = ("tensor", "channel", "group")
 INPUT_STRATEGIES = ("tensor", "token")
 ALGORITHMS = ("minmax", "gptq", "awq", "smoothquant", "ofmr")
-SUPPORTED_ALGORITHMS = ("minmax",)
-_HOOK = "_qzoo_amct_calibration_hook"
+_HOOKS = "_qzoo_amct_calibration_hooks"
+_STATE = "_qzoo_amct_calibration_state"
 
 
 def quantize(model: nn.Module, config: Mapping[str, Any]) -> nn.Module:
@@ -65,17 +71,24 @@ def quantize(model: nn.Module, config: Mapping[str, Any]) -> nn.Module:
     ``batch_num`` forward calls, then quantizes them (call :func:`convert` to stop earlier)."""
     qzoo_config, batch_num = translate(config)
     model = quantize_model(model, qzoo_config, inplace=True)
-    if qzoo_config.get("inputs") is not None:
-        _calibrate_for(model, batch_num)
+    if qzoo_config.get("inputs") is not None or qzoo_config.get("algorithm"):
+        _calibrate_for(model, batch_num, qzoo_config.get("inputs") is not None, qzoo_config.get("algorithm", []))
     return model
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """End calibration now (if it is still running): activation ranges freeze and quantize."""
-    hook = model.__dict__.pop(_HOOK, None)
-    if hook is not None:
+    """End calibration now (if it is still running): activation ranges freeze and quantize, then
+    the PTQ algorithms run on the batches recorded so far."""
+    hooks = model.__dict__.pop(_HOOKS, None)
+    if hooks is None:
+        return model
+    for hook in hooks:
         hook.remove()
+    state = model.__dict__.pop(_STATE)
+    if state["activations"]:
         finish_calibration(model)
+    if state["algorithms"]:
+        ptq.apply(model, state["batches"], state["algorithms"], forward=_replay, progress=False)
     return model
 
 
@@ -89,7 +102,7 @@ def translate(config: Mapping[str, Any]) -> "tuple[Dict[str, Any], int]":
     batch_num = config.get("batch_num", 1)
     if isinstance(batch_num, bool) or not isinstance(batch_num, int) or batch_num < 1:
         raise bad_type("batch_num", batch_num, "a positive int (uint32)")
-    _check_algorithm(config.get("algorithm", "minmax"))
+    algorithms = _algorithms(config.get("algorithm", "minmax"))
     quant_cfg = config.get("quant_cfg")
     if not isinstance(quant_cfg, Mapping):
         raise bad_type("quant_cfg", quant_cfg, "a dict with 'weights' and optionally 'inputs'")
@@ -105,19 +118,38 @@ def translate(config: Mapping[str, Any]) -> "tuple[Dict[str, Any], int]":
     if isinstance(skip, str) or not isinstance(skip, (list, tuple, set)) or not all(isinstance(s, str) for s in skip):
         raise bad_type("skip_layers", skip, "a list of layer-name substrings")
     out["skip_layers"] = list(skip)
+    if algorithms:
+        out["algorithm"] = algorithms
     return out, batch_num
 
 
-def _check_algorithm(algorithm: Any) -> None:
+def _algorithms(algorithm: Any) -> List[Any]:
+    """The PTQ algorithms of AMCT's ``algorithm`` entry as :func:`qlayers.ptq.apply` takes them
+    (``minmax``, plain rounding, is dropped)."""
     # AMCT writes {'minmax'} (a set), 'minmax', ['minmax'] or {'awq': {'grids_num': 20}}
-    names = [algorithm] if isinstance(algorithm, str) else list(algorithm) if isinstance(algorithm, (set, frozenset, list, tuple, Mapping)) else None
-    if not names:
+    if isinstance(algorithm, str) or isinstance(algorithm, Mapping):
+        items = [algorithm]
+    elif isinstance(algorithm, (set, frozenset)):
+        items = sorted(algorithm, key=str)
+    elif isinstance(algorithm, (list, tuple)):
+        items = list(algorithm)
+    else:
+        items = []
+    entries = [(n, o) for item in items for n, o in (item.items() if isinstance(item, Mapping) else [(item, None)])]
+    if not entries:
         raise bad_type("algorithm", algorithm, "an algorithm name, a set/list of names or a dict {name: options}")
-    for name in names:
+    out = []
+    for name, options in entries:
         if name not in ALGORITHMS:
             raise bad_value("algorithm", name, ALGORITHMS)
-        if name not in SUPPORTED_ALGORITHMS:
-            raise NotImplementedError(f"AMCT algorithm {name!r} is not yet supported by qzoo; supported: {', '.join(SUPPORTED_ALGORITHMS)}")
+        if name == "minmax":
+            continue
+        if name not in ptq.algorithm_names():
+            raise NotImplementedError(
+                f"AMCT algorithm {name!r} is not yet supported by qzoo; supported: minmax, {', '.join(ptq.algorithm_names())}"
+            )
+        out.append(name if options is None else {name: options})
+    return out
 
 
 def _tensor(cfg: Any, path: str, types: Mapping[str, Dict[str, Any]], strategies, weights: bool) -> Dict[str, Any]:
@@ -164,13 +196,26 @@ def _group_size(value: Optional[Any], path: str) -> int:
     return value
 
 
-def _calibrate_for(model: nn.Module, batch_num: int) -> None:
-    start_calibration(model)
-    calls = {"n": 0}
+def _calibrate_for(model: nn.Module, batch_num: int, activations: bool, algorithms: List[Any]) -> None:
+    """Calibrate activations and/or record batches for the PTQ algorithms over the next
+    ``batch_num`` forward calls of ``model``, then :func:`convert`."""
+    if activations:
+        start_calibration(model)
+    state: Dict[str, Any] = {"activations": activations, "algorithms": algorithms, "batches": [], "calls": 0}
+
+    def record(module, args, kwargs):
+        if algorithms:
+            state["batches"].append((args, kwargs))
 
     def count(module, args, output):
-        calls["n"] += 1
-        if calls["n"] >= batch_num:
+        state["calls"] += 1
+        if state["calls"] >= batch_num:
             convert(module)
 
-    model.__dict__[_HOOK] = model.register_forward_hook(count)
+    model.__dict__[_STATE] = state
+    model.__dict__[_HOOKS] = [model.register_forward_pre_hook(record, with_kwargs=True), model.register_forward_hook(count)]
+
+
+def _replay(model: nn.Module, batch: Any) -> Any:
+    args, kwargs = batch
+    return model(*args, **kwargs)

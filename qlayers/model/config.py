@@ -13,6 +13,7 @@ Shape (every key optional)::
         "skip_layers": ["lm_head", "encoder.0.*"],   # substring or glob of module names
         "layers": {"<glob or regex>": {"weights": <section>, ...}},   # per-layer overrides
         "functional_adds": False,   # True: also quantize `a + b` of two tensors found by torch.fx tracing
+        "algorithm": ["gptq", {"gptq": {"act_order": True}}],  # PTQ run by qlayers.ptq.apply(qmodel, data)
     }
 
 Defaults for transformers: ``targets`` is every weight layer class but ``Embedding`` (``Linear``,
@@ -30,6 +31,10 @@ A ``<section>`` is ``None`` (not quantized), a quantizer class or its name in :m
 (:mod:`qlayers.model.spec`) or a coreai_opt ``QuantizationSpec`` dict ``{"dtype": ..., ...}``
 (:mod:`qlayers.compat.coreai_opt`). Every section resolves to a quantizer class when the config is
 validated, so mistakes surface before any layer is touched.
+
+``algorithm`` names PTQ algorithms as :func:`qlayers.ptq.apply` takes them (a name, ``{name:
+options}``, or a list or set of those; AMCT writes ``{'gptq'}``); names and option names are
+checked with the config, and ``qlayers.ptq.apply(qmodel, data)`` without ``algorithms`` runs them.
 
 Per-layer overrides apply in the order given (later wins). A section in an override that names a
 ``quantizer``, ``format`` or ``dtype`` replaces the global section; one without them is merged into
@@ -54,7 +59,7 @@ from .spec import ROLES, spec_to_quantizer
 
 SECTIONS: Dict[str, str] = {"weights": "weight", "inputs": "input", "outputs": "output", "bias": "bias", "activations": "act"}
 """Config section -> the layer role it quantizes (``<role>_quant``)."""
-TOP_KEYS = (*SECTIONS, "targets", "attention", "skip_layers", "layers", "functional_adds")
+TOP_KEYS = (*SECTIONS, "targets", "attention", "skip_layers", "layers", "functional_adds", "algorithm")
 TARGETS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Conv1D", "Embedding")
 """Layer classes ``targets`` may name (``Conv1D`` is Hugging Face's GPT-2 layer)."""
 DEFAULT_TARGETS = tuple(t for t in TARGETS if t != "Embedding")
@@ -80,7 +85,8 @@ class LayerRule:
 class QuantConfig:
     """A validated config: ``sections`` (section -> quantizer class or None), ``skip_layers``,
     per-layer ``rules``, ``functional_adds``, the ``raw`` dict it came from, the layer classes
-    it ``targets`` and the ``attention`` quantizers (:data:`ATTENTION_KEYS` -> class)."""
+    it ``targets`` the ``attention`` quantizers (:data:`ATTENTION_KEYS` -> class) and the PTQ
+    ``algorithms`` (``(name, options)`` pairs)."""
 
     sections: Mapping[str, Section]
     skip_layers: Tuple[str, ...] = ()
@@ -94,6 +100,7 @@ class QuantConfig:
         """Whether a layer of class ``class_name`` at ``name`` is quantized: its class is a target
         or a ``layers`` pattern names it."""
         return class_name in self.targets or any(rule.matches(name) for rule in self.rules)
+    algorithms: Tuple[Tuple[str, Mapping[str, Any]], ...] = ()
 
     def is_skipped(self, name: str) -> bool:
         return any(skip_matches(pattern, name) for pattern in self.skip_layers)
@@ -160,7 +167,8 @@ def validate_config(config: Union[Mapping[str, Any], QuantConfig, str, Path]) ->
         raise bad_type("functional_adds", adds, "True or False")
     targets = _targets(config.get("targets", DEFAULT_TARGETS))
     attention = _attention(config.get("attention"))
-    return QuantConfig(sections, tuple(skip), tuple(rules), adds, dict(config), targets, attention)
+    return QuantConfig(sections, tuple(skip), tuple(rules), adds, dict(config), targets, attention,
+                       _algorithms(config.get("algorithm")))
 
 
 def _targets(value: Any) -> Tuple[str, ...]:
@@ -186,6 +194,19 @@ def _attention(value: Any) -> Dict[str, Section]:
         if key not in ATTENTION_KEYS:
             raise unknown_key("attention", key, ATTENTION_KEYS)
     return {key: resolve_section(value[key], "act", f"attention.{key}") for key in value}
+
+
+def _algorithms(value: Any) -> Tuple[Tuple[str, Mapping[str, Any]], ...]:
+    """The ``algorithm`` section as ``(name, options)`` pairs, names and options checked against
+    the PTQ registry (errors name the key ``algorithm``)."""
+    if value is None:
+        return ()
+    from ..ptq import parse_algorithms  # the registry; imported late (qlayers.ptq imports this package)
+
+    try:
+        return tuple((algorithm.name, options) for algorithm, options in parse_algorithms(value))
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"algorithm: {error}") from None
 
 
 def load_config(path: Union[str, Path]) -> QuantConfig:

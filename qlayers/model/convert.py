@@ -102,7 +102,7 @@ def quantize_model(model: nn.Module, config: Union[Mapping[str, Any], QuantConfi
     model = _float_twin(model) if type(model) in _TWINS else model
     twin = _quantized_twin(model, "", cfg)
     if twin is not None:
-        return twin
+        return _remember_algorithms(twin, cfg)
     names = [name for name, _ in model.named_modules() if name]
     if cfg.attention:
         roles = {ATTENTION_KEYS[key]: section for key, section in cfg.attention.items()}
@@ -112,6 +112,16 @@ def quantize_model(model: nn.Module, config: Union[Mapping[str, Any], QuantConfi
     if cfg.functional_adds and cfg.quantizes_activations:
         quantize_functional_adds(model, cfg, adds)
     _warn_unmatched(model, cfg, names, adds)
+    return _remember_algorithms(model, cfg)
+
+
+PTQ_ALGORITHMS_ATTRIBUTE = "qzoo_ptq_algorithms"
+
+
+def _remember_algorithms(model: nn.Module, cfg: QuantConfig) -> nn.Module:
+    """Keep the config's ``algorithm`` section on the model for :func:`qlayers.ptq.apply`."""
+    if cfg.algorithms:
+        setattr(model, PTQ_ALGORITHMS_ATTRIBUTE, [{name: dict(options)} for name, options in cfg.algorithms])
     return model
 
 

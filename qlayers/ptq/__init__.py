@@ -28,6 +28,8 @@ from typing import Any, Dict
 
 from torch import nn
 
+from ..model.convert import PTQ_ALGORITHMS_ATTRIBUTE
+
 from .capture import CalibrationDataError, as_batches, capture_inputs, check_data
 from .distributed import all_reduce_count, all_reduce_sum, is_distributed
 from .gptq import gptq, gptq_quantize
@@ -44,15 +46,21 @@ from .ofmr import ofmr
 from .smoothquant import smoothquant
 
 
-def apply(model: nn.Module, data: Any, algorithms: Any, *, forward=None, progress: bool = True) -> PTQReport:
+def apply(model: nn.Module, data: Any, algorithms: Any = None, *, forward=None, progress: bool = True) -> PTQReport:
     """Run ``algorithms`` (in order) on the quantized ``model`` with calibration ``data`` (an
     iterable of batches; see :mod:`qlayers.ptq.capture`); returns the combined report.
 
     ``algorithms``: a name, ``{name: options}``, or a list (or set) of those; see
-    :func:`algorithm_names` for what is registered. ``forward(model, batch)`` runs one batch when
+    :func:`algorithm_names` for what is registered. ``None``: the ``"algorithm"`` section of the
+    config ``quantize_model`` built the model with. ``forward(model, batch)`` runs one batch when
     the default conventions (tensor, ``(input, target)``, dict of keyword arguments) do not fit.
     Everything is validated before any work starts.
     """
+    if algorithms is None:
+        algorithms = getattr(model, PTQ_ALGORITHMS_ATTRIBUTE, None)
+        if algorithms is None:
+            raise ValueError("algorithms is None and the model's quantize_model config has no 'algorithm' section; "
+                             f"give algorithms=[...] (registered: {', '.join(algorithm_names())})")
     parsed = parse_algorithms(algorithms)
     if not parsed:
         raise ValueError(f"algorithms is empty; give at least one of: {', '.join(algorithm_names())}")
