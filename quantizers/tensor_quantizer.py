@@ -60,6 +60,9 @@ class RangeSource(str, Enum):
       ``scale = amax / max`` and the straight-through fake quantization. It starts from the
       observer's aggregate after calibration, or from the first tensor's own statistic (weights);
       until then the quantizer behaves as ``OBSERVER`` (static) or ``TENSOR``.
+
+    Frozen scales (:meth:`TensorQuantizer.freeze_scales`, the weight case of freezing) override
+    every source until :meth:`TensorQuantizer.unfreeze_scales`.
     """
 
     TENSOR = "tensor"
