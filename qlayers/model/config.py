@@ -85,7 +85,7 @@ class LayerRule:
 class QuantConfig:
     """A validated config: ``sections`` (section -> quantizer class or None), ``skip_layers``,
     per-layer ``rules``, ``functional_adds``, the ``raw`` dict it came from, the layer classes
-    it ``targets`` the ``attention`` quantizers (:data:`ATTENTION_KEYS` -> class) and the PTQ
+    it ``targets``, the ``attention`` quantizers (:data:`ATTENTION_KEYS` -> class) and the PTQ
     ``algorithms`` (``(name, options)`` pairs)."""
 
     sections: Mapping[str, Section]
