@@ -195,7 +195,7 @@ class ConvNet(nn.Module):
 
 def _convnet():
     torch.manual_seed(6)
-    return quantize_model(ConvNet(), {"weights": {"format": "int4", "granularity": "channel"}})
+    return quantize_model(ConvNet(), {"weights": {"format": "int4", "granularity": "channel"}, "targets": ["Embedding", "Conv1d", "Linear"]})
 
 
 def _tokens():
