@@ -24,6 +24,8 @@ from torch import nn
 import qlayers
 from qlayers import ptq
 
+from .hf_transformers import embed  # mean-pooled sentence embeddings
+
 FORMATS = {  # label: qzoo weight spec
     "INT4 per-channel": {"format": "int4", "granularity": "channel"},
     "INT4 g128": {"format": "int4", "granularity": "group", "group_size": 128},
@@ -83,17 +85,6 @@ def load_minilm():
 
 def batches(tokenizer, texts: Sequence[str], size: int = 32) -> List[Dict[str, torch.Tensor]]:
     return [dict(tokenizer(list(texts[i:i + size]), padding=True, return_tensors="pt")) for i in range(0, len(texts), size)]
-
-
-def embed(model: nn.Module, data: Sequence[Dict[str, torch.Tensor]]) -> torch.Tensor:
-    """Mean-pooled last hidden states (sentence-transformers' pooling), one row per sentence."""
-    rows = []
-    with torch.no_grad():
-        for batch in data:
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            rows.append((hidden * mask).sum(1) / mask.sum(1))
-    return torch.cat(rows)
 
 
 def quality(reference: torch.Tensor, candidate: torch.Tensor) -> Dict[str, float]:
