@@ -14,6 +14,7 @@ from torch import nn
 
 import qlayers
 from qlayers import ptq
+from qlayers.compat import amct
 from qlayers.ptq.equalize import fold_batchnorms
 
 W8A8 = {"weights": {"format": "int8", "granularity": "channel"}, "inputs": {"format": "int8"}}
@@ -304,3 +305,36 @@ def test_bad_options_and_data_raise():
     with pytest.raises(ValueError, match="iterations must be a positive int"):
         ptq.equalize(q, batches(), iterations=0)
 
+
+
+@pytest.mark.parametrize("algorithm, weights, inputs", [
+    ({'smoothquant': {'smooth_strength': 0.5}}, {'type': 'int8', 'strategy': 'channel'}, {'type': 'int8', 'strategy': 'tensor'}),
+    ({'awq': {'grids_num': 20}}, {'type': 'int4', 'strategy': 'group', 'group_size': 32}, None),
+])
+def test_amct_algorithm_configs_run_verbatim(algorithm, weights, inputs):
+    model, data = outlier_block(), batches(2)
+    x = batches(1, (16, 10, 64), seed=7)[0]
+    quant_cfg = {'weights': weights} if inputs is None else {'weights': weights, 'inputs': inputs}
+    errors = {}
+    for name, algo in (("minmax", {'minmax'}), ("algorithm", algorithm)):
+        q = copy.deepcopy(model)
+        amct.quantize(q, {'batch_num': 2, 'quant_cfg': quant_cfg, 'algorithm': algo})
+        with torch.no_grad():
+            for batch in data:  # AMCT's calibration calls
+                q(batch)
+            errors[name] = float((q(x) - model(x)).pow(2).sum() / model(x).pow(2).sum())
+    assert errors["algorithm"] < 0.8 * errors["minmax"]
+
+
+def test_gptq_after_smoothquant_sees_the_multiplied_input():
+    model, data = outlier_block(), batches()
+    q = qlayers.quantize_model(model, W4)
+    report = ptq.apply(q, data, ["smoothquant", "gptq"], progress=False)
+    assert "input multiplier" in report["fc1"][0].note
+    from qlayers.ptq.hessian import hessian
+    x = torch.cat(data).reshape(-1, 64)
+    h, rows = hessian(q.fc1, [x])
+    xm = x.double() * q.fc1.input_multiplier.double()
+    torch.testing.assert_close(h, xm.T @ xm, rtol=1e-5, atol=1e-6 * float(h.abs().max()))
+    gptq_rows = [row for row in report if row.algorithm == "gptq"]
+    assert gptq_rows and all(row.error_after <= row.error_before for row in gptq_rows)

@@ -25,11 +25,13 @@ Config (AMCT's keys)::
   inputs ``tensor`` (static, min/max over the calibration batches) or ``token`` (dynamic).
   MX types are per block of 32 (``group``, their default and only strategy; dynamic for inputs).
 - ``algorithm``: ``minmax`` (the default: round to nearest with min/max ranges) and the PTQ
-  algorithms registered in :mod:`qlayers.ptq` (``gptq``; ``awq`` with ``grids_num``,
-  ``smoothquant`` with ``smooth_strength`` once registered), as ``{'gptq'}``, ``'gptq'``,
+  algorithms registered in :mod:`qlayers.ptq` (``gptq``, ``awq`` with ``grids_num``,
+  ``smoothquant`` with ``smooth_strength``, ``ofmr``), as ``{'gptq'}``, ``'gptq'``,
   ``['minmax', 'gptq']`` or ``{'awq': {'grids_num': 20}}``. They run on the ``batch_num`` batches
   the model is called with after ``quantize`` (recorded as they pass, after activation
-  calibration), when the last of them has run or at :func:`convert`. An AMCT algorithm qzoo has
+  calibration), when the last of them has run or at :func:`convert`: SmoothQuant and AWQ first
+  (they change the layers' inputs, so the activation ranges are calibrated again on the same
+  batches), then the others in the order given. An AMCT algorithm qzoo has
   not registered raises ``NotImplementedError``. HiFloat8 uses qzoo's HiF8 default, a power-of-two
   scale of least squared error (the weight-side analogue of OFMR's power-of-two search).
 - ``skip_layers``: layers whose name contains one of the strings stay float.
@@ -41,7 +43,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from torch import nn
 
 from .. import ptq
-from ..model.calibrate import finish_calibration, start_calibration
+from ..model.calibrate import calibrate, finish_calibration, start_calibration
 from ..model.convert import quantize_model
 from ..model.errors import bad_type, bad_value, join, unknown_key
 
@@ -60,6 +62,7 @@ INPUT_TYPES = {
 WEIGHT_STRATEGIES = ("tensor", "channel", "group")
 INPUT_STRATEGIES = ("tensor", "token")
 ALGORITHMS = ("minmax", "gptq", "awq", "smoothquant", "ofmr")
+RESCALING = ("smoothquant", "awq")  # change layer inputs: run first, then calibrate again
 _HOOKS = "_qzoo_amct_calibration_hooks"
 _STATE = "_qzoo_amct_calibration_state"
 
@@ -87,9 +90,19 @@ def convert(model: nn.Module) -> nn.Module:
     state = model.__dict__.pop(_STATE)
     if state["activations"]:
         finish_calibration(model)
-    if state["algorithms"]:
-        ptq.apply(model, state["batches"], state["algorithms"], forward=_replay, progress=False)
+    rescaling = [a for a in state["algorithms"] if _name(a) in RESCALING]
+    others = [a for a in state["algorithms"] if _name(a) not in RESCALING]
+    if rescaling:
+        ptq.apply(model, state["batches"], rescaling, forward=_replay, progress=False)
+        if state["activations"]:  # the layers' inputs changed: their ranges afresh
+            calibrate(model, state["batches"], forward=_replay, reset=True, progress=False)
+    if others:
+        ptq.apply(model, state["batches"], others, forward=_replay, progress=False)
     return model
+
+
+def _name(algorithm: Any) -> str:
+    return algorithm if isinstance(algorithm, str) else next(iter(algorithm))
 
 
 def translate(config: Mapping[str, Any]) -> "tuple[Dict[str, Any], int]":

@@ -38,12 +38,13 @@ def weight_rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def hessian(layer: nn.Module, inputs: Iterable[torch.Tensor]) -> Tuple[torch.Tensor, int]:
     """``(H, rows)``: ``H = sum x x^T`` (float64) over the rows of every input, and how many rows,
-    both summed over ranks."""
+    both summed over ranks. ``x`` is what the weight multiplies: the input times the layer's
+    input multiplier (SmoothQuant/AWQ), if it has one."""
     columns = layer.weight[0].numel()
     total = torch.zeros(columns, columns, dtype=torch.float64, device=layer.weight.device)
     count = torch.zeros((), dtype=torch.float64, device=layer.weight.device)
     for x in inputs:
-        rows = weight_rows(layer, x.detach()).to(torch.float64)
+        rows = weight_rows(layer, layer.multiply_input(x.detach())).to(torch.float64)
         total.addmm_(rows.T, rows)
         count += rows.shape[0]
     all_reduce_sum(total)
