@@ -59,6 +59,7 @@ _DURATION = re.compile(
     rf"(?<![\w.]){_NUMBER}\s?(?:s|sec|secs|seconds?|ms|us|µs|μs|ns|min|mins|minutes?)(?![\w/])")
 _RATE = re.compile(rf"(?<![\w.]){_NUMBER}\s?(?:it/s|s/it|[A-Za-z]+/s)(?!\w)")
 _TIMING_LINE = re.compile(r"^(\s*)timing\b.*$", re.IGNORECASE | re.MULTILINE)
+_SITE_PACKAGES = re.compile(r"[^\s\"']*?[/\\\\](lib[/\\\\]python\d+\.\d+[/\\\\]site-packages)")
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{9,}\b")
 _CELL_FILE = re.compile(r"(?:<tmp>[/\\\\])?ipykernel_\d+[/\\\\]\d+\.py")
 _LINE_NO = re.compile(r"(\.pyx?|\.ipynb|>)(:|\", line )\d+")
@@ -98,6 +99,7 @@ def normalise(text: str) -> str:
         lines.append(line.rstrip())
     text = "\n".join(lines)
     text = _TIMING_LINE.sub(r"\1timing <masked>", text)
+    text = _SITE_PACKAGES.sub(r"<env>/\1", text)  # any environment's site-packages
     for path, name in _path_replacements():
         text = text.replace(path, name)
     text = _CELL_FILE.sub("<cell>", text)

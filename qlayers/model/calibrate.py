@@ -336,7 +336,8 @@ def _progress(batches: Iterable[Any], total: Optional[int], enabled: bool, desc:
     if not enabled:
         return batches
     try:
-        from tqdm.auto import tqdm
+        # Plain tqdm, not tqdm.auto: in Jupyter without ipywidgets tqdm.auto warns on import.
+        from tqdm import tqdm
     except ImportError:
         return batches
     return tqdm(batches, total=total, desc=desc, leave=False)
