@@ -172,6 +172,18 @@ def test_awq_raises_before_any_change_when_a_layer_has_no_foldable_producer_and_
     assert all(torch.equal(v, q.state_dict()[k]) for k, v in before.items())
 
 
+
+@pytest.mark.parametrize("name", ["awq", "smoothquant"])
+def test_apply_raises_before_an_earlier_algorithm_changes_anything(name):
+    """apply() runs every algorithm's forward-pass checks first: GPTQ (listed first) must not
+    have changed a weight when the later algorithm turns out not to apply."""
+    model, data = outlier_block(), batches()
+    q = qlayers.quantize_model(model, W4)
+    before = copy.deepcopy(q.state_dict())
+    with pytest.raises(ValueError, match=rf"{name} cannot apply to layer 'fc1'.*input_multiplier=False"):
+        ptq.apply(q, data, ["gptq", {name: {"input_multiplier": False}}], progress=False)
+    assert all(torch.equal(v, q.state_dict()[k]) for k, v in before.items())
+
 # ---- bias correction and equalization ----------------------------------------------------------
 
 def spread_cnn():

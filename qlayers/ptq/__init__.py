@@ -30,7 +30,7 @@ from torch import nn
 
 from ..model.convert import PTQ_ALGORITHMS_ATTRIBUTE
 
-from .capture import CalibrationDataError, as_batches, capture_inputs, check_data
+from .capture import CalibrationDataError, as_batches, capture_inputs, check_data, first_batch
 from .distributed import all_reduce_count, all_reduce_sum, is_distributed
 from .gptq import gptq, gptq_quantize
 from .hessian import hessian
@@ -70,6 +70,10 @@ def apply(model: nn.Module, data: Any, algorithms: Any = None, *, forward=None, 
         layers.update(algorithm.check(model, **options))
     with eval_mode(model):
         check_data(model, batches, {n: m for n, m in model.named_modules() if n in layers}, forward)
+        first = first_batch(batches)
+        for algorithm, options in parsed:
+            if algorithm.preflight is not None:
+                algorithm.preflight(model, first, forward, **options)
     report = PTQReport()
     for algorithm, options in parsed:
         report = report + algorithm.function(model, batches, forward=forward, progress=progress, **options)

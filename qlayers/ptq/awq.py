@@ -40,7 +40,11 @@ def _check(model: nn.Module, *, grids_num=20, max_shrink=0.5, layers=None, **_: 
     return channel_scales.check(model, "awq", layers)
 
 
-@register("awq", check=_check)
+def _preflight(model: nn.Module, batch: Any, forward: Forward, *, layers=None, fold=True, input_multiplier=True, **_: Any) -> None:
+    channel_scales.preflight(model, batch, forward, algorithm="awq", layers=layers, fold=fold, input_multiplier=input_multiplier)
+
+
+@register("awq", check=_check, preflight=_preflight)
 def awq(
     model: nn.Module,
     data: Any,

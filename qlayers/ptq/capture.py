@@ -47,6 +47,11 @@ def as_batches(data: Iterable[Any]) -> Sequence[Any]:
     return list(data) if iter(data) is data else data
 
 
+def first_batch(batches: Sequence[Any]) -> Any:
+    """The first batch of :func:`as_batches`'s result (what one-batch probes run on)."""
+    return batches[0] if isinstance(batches, (list, tuple)) else next(iter(batches))
+
+
 def run_batch(model: nn.Module, batch: Any, forward: Forward = None) -> Any:
     """One forward of ``model`` on ``batch`` (see the module docstring)."""
     return (forward or _default_forward)(model, batch)

@@ -23,7 +23,7 @@ from torch import nn
 from ..model.calibrate import _progress
 from ..model.qat import quantization_disabled
 from . import fold
-from .capture import as_batches, check_data
+from .capture import as_batches, check_data, first_batch
 from .graph import Forward, InputGroup, fold_preserves, input_groups
 from .layer_inputs import LayerInputs, collect_inputs, float_output, relative_error
 from .report import LayerReport, PTQReport
@@ -51,6 +51,18 @@ def check(model: nn.Module, algorithm: str, layers: Optional[Sequence[str]]) -> 
     return select_layers(model, algorithm, applies, layers)[0]
 
 
+def preflight(
+    model: nn.Module, batch: Any, forward: Forward, *, algorithm: str, layers: Optional[Sequence[str]],
+    fold: bool, input_multiplier: bool,
+) -> None:
+    """Raise, changing nothing, when a layer can take ``1 / s`` nowhere (``input_multiplier=False``
+    and no foldable producer): what :func:`qlayers.ptq.apply` checks before running any algorithm."""
+    if input_multiplier:
+        return
+    targets, _ = select_layers(model, algorithm, applies, layers)
+    plan(model, list(targets), batch, fold_into_producer=fold, input_multiplier=False, algorithm=algorithm, forward=forward)
+
+
 def scale_groups(
     model: nn.Module, data: Any, *, algorithm: str, choose: Choose, finish: Optional[Finish] = None,
     layers: Optional[Sequence[str]] = None, fold_into_producer: bool = True, input_multiplier: bool = True,
@@ -66,7 +78,7 @@ def scale_groups(
     with eval_mode(model):
         with quantization_disabled(model):  # no calibration yet: check the data on the float network
             check_data(model, batches, targets, forward)
-        groups = plan(model, names, batches[0] if isinstance(batches, list) else next(iter(batches)),
+        groups = plan(model, names, first_batch(batches),
                       fold_into_producer=fold_into_producer, input_multiplier=input_multiplier, algorithm=algorithm, forward=forward)
         inputs = collect_inputs(model, names, batches, max_rows=max_rows, forward=forward)
         modules = dict(model.named_modules())

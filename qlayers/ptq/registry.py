@@ -2,8 +2,10 @@
 
 An algorithm is its public function ``fn(model, data, **options) -> PTQReport`` plus a check
 ``check(model, **options) -> {name: layer}`` that returns the layers it will work on and raises
-(``ValueError`` naming the layer and why) when it does not apply, so :func:`qlayers.ptq.apply`
-validates every requested algorithm, and the data against all their layers, before any work. Modules register theirs
+(``ValueError`` naming the layer and why) when it does not apply, and optionally a
+``preflight(model, batch, forward, **options)`` that raises for what only a forward pass can tell
+(e.g. a layer whose input no op can absorb a scale into), so :func:`qlayers.ptq.apply` validates
+every requested algorithm, and the data against all their layers, before any work. Modules register theirs
 with :func:`register`; :func:`parse_algorithms` reads AMCT-style lists (``'gptq'``,
 ``{'awq': {'grids_num': 20}}``, a set ``{'gptq'}``, or one dict ``{name: options, ...}``).
 """
@@ -20,22 +22,28 @@ RUN_OPTIONS = ("forward", "progress")  # passed by apply to every algorithm, not
 class Algorithm:
     """A registered algorithm: ``function(model, data, **options)`` does the work,
     ``check(model, **options)`` returns its layers (``{name: layer}``) or raises if it does not
-    apply; ``options`` are the
+    apply; ``preflight(model, batch, forward, **options)`` (or None) raises for what needs a
+    forward pass to know, changing nothing; ``options`` are the
     keyword options ``function`` accepts (with their defaults)."""
 
     name: str
     function: Callable[..., Any]
     check: Callable[..., Mapping[str, Any]]
     options: Mapping[str, Any]
+    preflight: Optional[Callable[..., None]] = None
 
 
 _ALGORITHMS: Dict[str, Algorithm] = {}
 
 
-def register(name: str, check: Optional[Callable[..., Mapping[str, Any]]] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register(
+    name: str, check: Optional[Callable[..., Mapping[str, Any]]] = None, preflight: Optional[Callable[..., None]] = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``function`` (``function(model, data, *, option=default, ...)``) under
     ``name``; ``check(model, **options)`` returns the layers it will work on (``{name: layer}``)
-    or raises, before any work (default: no layers to check the data against).
+    or raises, before any work (default: no layers to check the data against);
+    ``preflight(model, batch, forward, **options)`` raises, changing nothing, for what only a
+    forward pass on the first batch can tell (default: none).
 
     Example::
 
@@ -50,7 +58,7 @@ def register(name: str, check: Optional[Callable[..., Mapping[str, Any]]] = None
             raise ValueError(f"a PTQ algorithm named {name!r} is already registered ({_ALGORITHMS[name].function.__module__})")
         params = inspect.signature(function).parameters.values()
         options = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        _ALGORITHMS[name] = Algorithm(name, function, check or _no_check, options)
+        _ALGORITHMS[name] = Algorithm(name, function, check or _no_check, options, preflight)
         return function
 
     return decorate

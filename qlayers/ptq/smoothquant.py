@@ -31,7 +31,11 @@ def _check(model: nn.Module, *, alpha=None, smooth_strength=None, layers=None, *
     return channel_scales.check(model, "smoothquant", layers)
 
 
-@register("smoothquant", check=_check)
+def _preflight(model: nn.Module, batch: Any, forward: Forward, *, layers=None, fold=True, input_multiplier=True, **_: Any) -> None:
+    channel_scales.preflight(model, batch, forward, algorithm="smoothquant", layers=layers, fold=fold, input_multiplier=input_multiplier)
+
+
+@register("smoothquant", check=_check, preflight=_preflight)
 def smoothquant(
     model: nn.Module,
     data: Any,
