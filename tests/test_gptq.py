@@ -223,3 +223,17 @@ def test_gptq_named_on_an_embedding_or_with_bad_options_raises_before_any_work()
     with pytest.raises(TypeError, match="act_order must be True or False"):
         ptq.gptq(model, _tokens(), act_order="yes")
     assert torch.equal(model.fc.weight, weight) and not model.fc.weight_quant.scales_frozen
+
+
+def test_gptq_warns_and_reports_layers_with_fewer_calibration_rows_than_input_columns():
+    torch.manual_seed(0)
+    config = {"weights": {"format": "int4", "granularity": "channel"}}
+    few = quantize_model(nn.Sequential(nn.Linear(IN, OUT)), config)
+    with pytest.warns(UserWarning, match=r"gptq: 1 layer\(s\) saw fewer calibration rows than input columns: 0 \(16 rows, 64 columns\)"):
+        report = ptq.gptq(few, [_correlated(16)], progress=False)
+    assert "only 16 calibration rows for 64 input columns" in report.rows[0].note
+    enough = quantize_model(nn.Sequential(nn.Linear(IN, OUT)), config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = ptq.gptq(enough, [_correlated(256)], progress=False)
+    assert "calibration rows" not in (report.rows[0].note)

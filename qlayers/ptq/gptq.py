@@ -24,10 +24,18 @@ granularity the quantizer supports works. The result: ``layer.weight`` holds the
 weight and the quantizer's scales are frozen
 (:meth:`quantizers.TensorQuantizer.freeze_scales`), so the weight is a fixed point of the layer's
 quantizer (quantizing it again changes no bit) and packs exactly.
+
+Calibration data: ``H`` has rank at most the number of calibration rows (tokens, for a
+transformer). With fewer rows than input columns GPTQ can zero the error on those rows while
+moving the weight far from where other inputs need it, so the model gets worse on other data
+(measured on all-MiniLM-L6-v2 block 0 in MXFP4: 1 - cosine 0.0027 with RTN, 0.0074 after GPTQ on
+550 rows for 1536 columns, 0.0011 on 1100 rows, 0.0009 on 2200). Such layers are named in a
+warning and in the report.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -96,15 +104,31 @@ def gptq(
     _check(model, layers=layers, percdamp=percdamp, act_order=act_order, block_size=block_size)
     targets, skipped = select_layers(model, "gptq", gptq_applies, layers)
 
+    underdetermined: List[str] = []
+
     def step(name: str, layer: nn.Module, inputs) -> Optional[str]:
-        h, _ = hessian(layer, inputs)
+        h, count = hessian(layer, inputs)
         quantized, scales, damp = gptq_quantize(layer.weight.detach(), h, layer.weight_quant, percdamp, act_order, block_size)
         with torch.no_grad():
             layer.weight.copy_(quantized)
         layer.weight_quant.freeze_scales(scales=scales)
-        return None if damp <= percdamp else f"dampening raised to {damp:g} (ill-conditioned Hessian)"
+        notes = [] if damp <= percdamp else [f"dampening raised to {damp:g} (ill-conditioned Hessian)"]
+        if count < h.shape[0]:
+            underdetermined.append(f"{name} ({count} rows, {h.shape[0]} columns)")
+            notes.append(f"only {count} calibration rows for {h.shape[0]} input columns (rank-deficient Hessian)")
+        return "; ".join(notes) or None
 
-    return run_layer_by_layer(model, data, targets, step, algorithm="gptq", forward=forward, progress=progress, skipped=skipped)
+    report = run_layer_by_layer(model, data, targets, step, algorithm="gptq", forward=forward, progress=progress, skipped=skipped)
+    if underdetermined:
+        warnings.warn(
+            f"gptq: {len(underdetermined)} layer(s) saw fewer calibration rows than input columns: "
+            f"{', '.join(underdetermined[:3])}{', ...' if len(underdetermined) > 3 else ''}. Their Hessian is "
+            "rank-deficient, so GPTQ fits the calibration data and can make the model worse on other data "
+            "(the report's errors are measured on the calibration rows); calibrate with more data "
+            "(at least as many rows as input columns, several times more is better).",
+            stacklevel=2,
+        )
+    return report
 
 
 def gptq_quantize(
