@@ -20,6 +20,8 @@ from qlayers.transforms import HadamardInput  # noqa: E402
 FAMILIES = {
     "llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig, {"attention_bias": True, "mlp_bias": True}),
     "qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config, {}),  # q/k/v biases
+    "mistral": (transformers.MistralForCausalLM, transformers.MistralConfig, {}),
+    "qwen3": (transformers.Qwen3ForCausalLM, transformers.Qwen3Config, {"head_dim": 24}),  # per-head q/k RMSNorms
 }
 
 
@@ -161,7 +163,7 @@ def bare_and_other_models():
 @pytest.mark.parametrize("name", ["LlamaModel", "GPT2LMHeadModel"])
 def test_unsupported_architecture_raises_naming_the_class_and_what_is_supported(name):
     model = bare_and_other_models()[name]
-    with pytest.raises(ValueError, match=rf"rotate: {name} is not supported .*LlamaForCausalLM, Qwen2ForCausalLM"):
+    with pytest.raises(ValueError, match=rf"rotate: {name} is not supported .*LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"):
         qlayers.rotate(model, inplace=True)
 
 

@@ -1,4 +1,4 @@
-"""Where the residual stream of a Llama/Qwen2-style causal LM is read and written.
+"""Where the residual stream of a Llama/Qwen2/Qwen3/Mistral-style causal LM is read and written.
 
 The rotation (:mod:`qlayers.transforms.rotation`) needs, for each decoder layer, the RMSNorm and
 the linears that read it (``q/k/v_proj`` after ``input_layernorm``, ``gate/up_proj`` after
@@ -14,8 +14,9 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM")
-"""Model classes (Hugging Face ``transformers``) whose layout this module knows."""
+SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+"""Model classes (Hugging Face ``transformers``) whose layout this module knows. Qwen3's per-head
+``q_norm``/``k_norm`` act on the projections' outputs, which the residual rotation leaves unchanged."""
 
 
 @dataclass

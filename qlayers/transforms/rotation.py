@@ -1,4 +1,4 @@
-"""QuaRot-style Hadamard rotations fused into the weights of a Llama/Qwen2 causal LM.
+"""QuaRot-style Hadamard rotations fused into the weights of a Llama/Mistral/Qwen2/Qwen3 causal LM.
 
 With ``Q`` an orthogonal ``d x d`` randomized Hadamard (:class:`.HadamardTransform`, ``d`` the hidden
 size), the residual stream ``x`` is carried rotated, ``x @ Q``, through the whole model:
@@ -68,7 +68,8 @@ def rotate(model: nn.Module, *, seed: int = 0, online_hadamard: bool = True, inp
     following :func:`qlayers.quantize_model` (and GPTQ) at 4 bits loses much less.
 
     Args:
-        model: a float ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` (Hugging Face transformers),
+        model: a float ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM`` or
+            ``Qwen3ForCausalLM`` (Hugging Face transformers),
             any size and dtype. Anything else raises ``ValueError`` naming its class before any
             weight is changed.
         seed: seeds the random signs of ``Q = diag(s) H / sqrt(d)`` (same seed, same rotation).
