@@ -160,15 +160,18 @@ def tiny_decoder(family: str, dtype: torch.dtype):
         model = transformers.GPT2LMHeadModel(config)
     else:
         config_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                                 "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[family]
+                                 "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+                                 "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                                 "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[family]
+        extra = {"head_dim": 16} if family == "qwen3" else {}
         config = config_cls(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                            max_position_embeddings=64, **common)
+                            max_position_embeddings=64, **common, **extra)
         model = model_cls(config)
     return model.to(dtype).eval()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mistral", "qwen2", "qwen3"])
 def test_decoder_families_with_quantized_linears_and_attention(family, dtype):
     model = tiny_decoder(family, dtype)
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
