@@ -140,8 +140,8 @@ def brevitas_model(model: nn.Module, label: str, layers: Optional[Sequence[str]]
     return model.eval()
 
 
-def brevitas_gptq(model: nn.Module, calibration: Sequence[Dict[str, torch.Tensor]]) -> None:
-    """Brevitas's GPTQ (``gptq_mode``), layer by layer.
+def brevitas_gptq(model: nn.Module, calibration: Sequence[Dict[str, torch.Tensor]], act_order: bool = False) -> None:
+    """Brevitas's GPTQ (``gptq_mode``, ``act_order`` as given), layer by layer.
 
     Brevitas 0.13.4 quantizes a QuantLinear's column through ``quant_weight(subtensor_slice_list=...)``,
     which under torch 2.13 returns the *float* column (GPTQ then changes nothing); its own
@@ -158,7 +158,7 @@ def brevitas_gptq(model: nn.Module, calibration: Sequence[Dict[str, torch.Tensor
     original = gpxq.GPxQ.get_quant_weights
     gpxq.GPxQ.get_quant_weights = unsliced
     try:
-        with torch.no_grad(), gptq_mode(model, use_quant_activations=False) as gptq:
+        with torch.no_grad(), gptq_mode(model, use_quant_activations=False, act_order=act_order) as gptq:
             for _ in range(gptq.num_layers):
                 for batch in calibration:
                     gptq.model(**batch)
@@ -191,7 +191,7 @@ def run(labels: Sequence[str], n_eval: int = 256, n_calibration: int = 128, laye
             twin = brevitas_model(model, label, layers)
             if twin is not None:
                 start = time.perf_counter()
-                brevitas_gptq(twin, calibration)
+                brevitas_gptq(twin, calibration, act_order)
                 seconds = time.perf_counter() - start
                 rows.append(dict(format=label, method="Brevitas GPTQ", seconds=seconds, **quality(reference, embed(twin, evaluation))))
                 log(rows[-1])
