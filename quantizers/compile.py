@@ -31,6 +31,13 @@ queued compiles are dropped and a running one is waited for. ``torch.compiler.is
 process-wide in torch 2.13 (true in every thread while any thread compiles), so qzoo code that must
 know whether it is being traced asks :func:`is_tracing`.
 
+Under pytest (or anything else that iterates ``logging.Logger.manager.loggerDict`` while kernels
+run): the first background compile imports torch's compiler stack in its thread, about 1600
+modules creating about 280 loggers, which can break pytest's log capture with ``RuntimeError:
+dictionary changed size during iteration``. Compile anything once in the main thread before the
+tests run (qzoo's own ``tests/conftest.py`` does it in ``pytest_sessionstart``), or choose ``"0"``
+or ``"1"``.
+
 Measured on the 2-core CI-size CPU (torch 2.13; a machine shared with other jobs, so indicative):
 in a fresh process with an empty inductor cache, the first ``quantize`` of a 1024x1024 weight to
 MXFP4 takes 0.16-0.28 s and the first eval forward of a ``QuantLinear(1024, 1024)`` with a

@@ -18,6 +18,20 @@ import torch
 # background thread. Results are bit-identical either way; the compiled paths have their own
 # tests (test_formats_compile.py, test_compile_fusion.py, test_compile_policy.py).
 
+
+
+def pytest_sessionstart(session):
+    """Import torch's compiler stack once, in the main thread, before any test runs.
+
+    A background compile (the "auto" policy) otherwise imports ~1600 modules that create ~280
+    loggers while pytest's log capture iterates ``logging.Logger.manager.loggerDict`` at a test's
+    setup or teardown: ``RuntimeError: dictionary changed size during iteration``, seen under heavy
+    load. A trivial compile imports what qzoo's kernels need (a few seconds, once)."""
+    import torch.distributed.tensor.experimental  # noqa: F401 - imported by AOTAutograd's backward
+
+    torch.compile(lambda x: (x * 2).sum(), fullgraph=True)(torch.zeros(8))
+
+
 # Let `pytest` (not only `python -m pytest`) import the package from a source checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
