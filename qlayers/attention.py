@@ -115,35 +115,48 @@ class QuantScaledDotProductAttention(QuantLayer):
         scale: Optional[float] = None,
         enable_gqa: bool = False,
     ) -> torch.Tensor:
-        query, key, value = (dequantize(t) for t in (query, key, value))
-        _check_shapes(query, key, value, enable_gqa)
-        if is_causal and attn_mask is not None:
-            raise ValueError("QuantScaledDotProductAttention: give attn_mask or is_causal=True, not both")
-        dtype = query.dtype
-        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-        s = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
-        query, key, value = self.pre_process_q(query), self.pre_process_k(key), self.pre_process_v(value)
-        q = _q(self.q_scaled_quant, query * s)
-        k = _q(self.k_transposed_quant, key)
-        v = _q(self.v_quant, value)
-        if self.softmax_input_quant is None and self.attn_output_weights_quant is None:
-            return self._quant_output(_float_attention(q, k, v, attn_mask, dropout_p, is_causal), self.sdpa_output_quant)
-        if enable_gqa and k.size(-3) != q.size(-3):
-            k = k.repeat_interleave(q.size(-3) // k.size(-3), -3)
-            v = v.repeat_interleave(q.size(-3) // v.size(-3), -3)
-        scores = _q(self.softmax_input_quant, (q @ k.transpose(-2, -1)).to(work))
-        bias = _bias(attn_mask, is_causal, q.size(-2), k.size(-2), work, q.device)
-        if bias is not None:
-            scores = scores + bias
-            hidden = torch.isneginf(scores).all(dim=-1, keepdim=True)  # every key masked: zeros, not NaN
-            scores = scores.masked_fill(hidden, 0.0)
-        weights = torch.softmax(scores, dim=-1)
-        if bias is not None:
-            weights = weights.masked_fill(hidden, 0.0)
-        if dropout_p > 0.0:
-            weights = torch.dropout(weights, dropout_p, train=True)
-        weights = _q(self.attn_output_weights_quant, weights.to(dtype))
-        return self._quant_output(weights @ v, self.sdpa_output_quant)
+        return self._quant_output(
+            attend(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa), self.sdpa_output_quant
+        )
+
+
+def attend(
+    owner: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Optional[torch.Tensor],
+    dropout_p: float, is_causal: bool, scale: Optional[float], enable_gqa: bool, fused: bool = True,
+) -> torch.Tensor:
+    """``P @ v_quant(V)`` of :meth:`QuantScaledDotProductAttention.forward` (before ``sdpa_output_quant``)
+    for ``owner``, a QuantScaledDotProductAttention or its ONNX export twin (the same quantizer
+    attributes and ``pre_process_*``). ``fused=False`` writes scores and softmax out even when
+    neither is quantized (the export: ONNX ops instead of torch's fused kernel)."""
+    query, key, value = (dequantize(t) for t in (query, key, value))
+    _check_shapes(query, key, value, enable_gqa)
+    if is_causal and attn_mask is not None:
+        raise ValueError("QuantScaledDotProductAttention: give attn_mask or is_causal=True, not both")
+    dtype = query.dtype
+    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    s = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    query, key, value = owner.pre_process_q(query), owner.pre_process_k(key), owner.pre_process_v(value)
+    q = _q(owner.q_scaled_quant, query * s)
+    k = _q(owner.k_transposed_quant, key)
+    v = _q(owner.v_quant, value)
+    if fused and owner.softmax_input_quant is None and owner.attn_output_weights_quant is None:
+        return _float_attention(q, k, v, attn_mask, dropout_p, is_causal)
+    if enable_gqa and k.size(-3) != q.size(-3):
+        k = k.repeat_interleave(q.size(-3) // k.size(-3), -3)
+        v = v.repeat_interleave(q.size(-3) // v.size(-3), -3)
+    scores = _q(owner.softmax_input_quant, (q @ k.transpose(-2, -1)).to(work))
+    bias = _bias(attn_mask, is_causal, q.size(-2), k.size(-2), work, q.device)
+    if bias is not None:
+        scores = scores + bias
+        hidden = torch.isneginf(scores).all(dim=-1, keepdim=True)  # every key masked: zeros, not NaN
+        scores = scores.masked_fill(hidden, 0.0)
+    weights = torch.softmax(scores, dim=-1)
+    if bias is not None:
+        weights = weights.masked_fill(hidden, 0.0)
+    if dropout_p > 0.0:
+        weights = torch.dropout(weights, dropout_p, train=True)
+    weights = _q(owner.attn_output_weights_quant, weights.to(dtype))
+    return weights @ v
 
 
 def _float_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], dropout_p: float, is_causal: bool) -> torch.Tensor:

@@ -103,6 +103,21 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _twin_errors():
+    """An ``ExportError`` a twin raises while traced (an argument only the call shows, e.g. an
+    attention's ``dropout_p``), raised as itself rather than inside the exporter's error."""
+    try:
+        yield
+    except Exception as error:
+        cause: Optional[BaseException] = error
+        while cause is not None and not isinstance(cause, ExportError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None or cause is error:
+            raise
+        raise ExportError(str(cause)) from None
+
+
 def export_onnx(
     model: nn.Module,
     example_inputs: Union[torch.Tensor, Tuple[Any, ...], Dict[str, Any]],
@@ -125,10 +140,18 @@ def export_onnx(
       MX scales (opset 24) and FLOAT6E2M3/E3M2 (opset 28) for runtimes that implement them.
     - Formats with no ONNX type (HiFloat8, FP8 without special codes, ...) are stored as uint8
       codes and a ``Gather`` from the format's value table (labelled in the graph).
+    - ``QuantScaledDotProductAttention`` (also the ``attn_quant`` that ``quantize_model``'s
+      ``"attention"`` section gives Hugging Face attention modules): Q (pre-scaled), K, V, scores,
+      softmax output and output as ``QuantizeLinear -> DequantizeLinear`` like any activation,
+      ``MatMul`` and ``Softmax`` written out, causal/boolean/float masks as ``Where``/``Add``,
+      grouped-query attention; ``dropout_p > 0`` raises. Each quantized activation's value is
+      named after its quantizer (``attn.q_scaled_quant``).
 
-    Every dequantized weight equals qzoo's bit for bit, and so does every quantized activation;
-    the layer outputs differ from the fake-quant model only by the order of float additions inside
-    the runtime's matmul/conv kernels. (onnxruntime's graph optimizations rewrite Q/DQ graphs into
+    Every dequantized weight equals qzoo's bit for bit, and so does every quantized activation
+    whose input is the same float32 value; the layer outputs differ from the fake-quant model only
+    by the order of float additions inside the runtime's matmul/conv kernels (and attention's by
+    onnxruntime's ``Softmax`` in the last bits, which can move a quantized softmax value at a
+    rounding boundary by one step). (onnxruntime's graph optimizations rewrite Q/DQ graphs into
     integer kernels with their own rounding: run with ``graph_optimization_level =
     ORT_DISABLE_ALL`` to execute the graph as written.)
 
@@ -172,7 +195,7 @@ def export_onnx(
         # torch.export patches module calls process-wide while it traces: a kernel the background
         # compiler compiles meanwhile would fail (and fall back to eager for good), so let it finish
         wait_for_compiles()
-        with swapped(model, twins) as export_model, _quiet_exporter():
+        with swapped(model, twins) as export_model, _quiet_exporter(), _twin_errors():
             program = torch.onnx.export(
                 export_model, args, kwargs=kwargs, dynamo=True, opset_version=EXPORTER_OPSET, optimize=False,
                 custom_translation_table=translation_table(), verbose=False, dynamic_shapes=dynamic_shapes,
@@ -181,6 +204,7 @@ def export_onnx(
         model.train(training)
     proto = program.model_proto
     onnx_graph.fold_casts(proto)
+    onnx_graph.name_activations(proto)
     onnx_graph.strip_metadata(proto)
     onnx_graph.set_opset(proto, opset)
     onnx_graph.name_constants(proto, set(constants), {name: c.describe() for name, c in constants.items()})

@@ -113,7 +113,19 @@ class OnnxQuantizeDequantize(nn.Module):
         else:
             scale = quantizer.scaler(quantizer.granularity.amax(x.float())).scale
             block = x.shape[self.axis] if scale.dim() else 0
+            if not isinstance(block, int):  # a symbolic token length (dynamic_shapes): no block_size attribute
+                return self._per_row(x, scale)
         return onnx_ops.quantize_dequantize(x, scale, None, self.format_name, self.onnx_type, self.axis, block, self.clip, self.saturate)
+
+    def _per_row(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Per-token Q/DQ as a per-axis one: ``x`` as rows (the token axis last), one scale per row
+        (``axis=0``, a 1-D scale): the same ``x / s`` for every element, with no block size."""
+        rows = x.movedim(self.axis, -1)
+        y = onnx_ops.quantize_dequantize(
+            rows.reshape(-1, rows.shape[-1]), scale.movedim(self.axis, -1).reshape(-1), None, self.format_name,
+            self.onnx_type, 0, 0, self.clip, self.saturate,
+        )
+        return y.reshape(rows.shape).movedim(-1, self.axis)
 
     def describe(self) -> str:
         kind = "dynamic" if self.dynamic is not None else "static"

@@ -5,7 +5,9 @@
 folds every ``Cast`` of an initializer into an initializer of the target type (the values are exact
 in it, checked), so the file stores the low-bit codes themselves. :func:`name_constants` names
 each dequantized constant after its owner (``fc1.weight``: the value ``DequantizeLinear`` gives,
-what the float parameter was) and labels the value-table ``Gather`` nodes.
+what the float parameter was) and labels the value-table ``Gather`` nodes;
+:func:`name_activations` names each quantized activation after its quantizer
+(``attn.q_scaled_quant``).
 """
 from __future__ import annotations
 
@@ -103,6 +105,36 @@ def name_constants(model, owners: Set[str], notes: Dict[str, str]) -> None:
             node.input[i] = renames.get(name, name)
         for i, name in enumerate(node.output):
             node.output[i] = renames.get(name, name)
+
+
+def name_activations(model) -> None:
+    """Rename the output of each activation's ``DequantizeLinear`` to the quantizer's module path
+    (``fc1.input_quant``, ``layer.0.attn_quant.v_quant``), read from the exporter's node metadata
+    (``pkg.torch.onnx.name_scopes``, so before :func:`strip_metadata`); a quantizer called twice
+    (a QuantEltwiseAdd's inputs) gets ``#0``, ``#1``. Graph inputs and outputs keep their names."""
+    import ast
+
+    graph = model.graph
+    paths: Dict[str, list] = {}
+    for node in graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if node.op_type == "DequantizeLinear" and node.name.startswith("node_quantize_dequantize") and scopes:
+            scopes = ast.literal_eval(scopes)
+            if len(scopes) >= 2:
+                paths.setdefault(scopes[-2], []).append(node.output[0])
+    kept = {value.name for value in list(graph.input) + list(graph.output)}
+    taken = {value for node in graph.node for value in list(node.input) + list(node.output)}
+    renames: Dict[str, str] = {}
+    for path, values in paths.items():
+        for i, value in enumerate(values):
+            name = path if len(values) == 1 else f"{path}#{i}"
+            if value not in kept and name not in taken:
+                renames[value] = name
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for info in graph.value_info:
+        info.name = renames.get(info.name, info.name)
 
 
 def strip_metadata(model) -> None:

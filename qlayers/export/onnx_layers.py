@@ -20,6 +20,7 @@ from torch import nn
 from quantizers import QuantTensor
 
 from ..activation import QuantActivation
+from ..attention import QuantScaledDotProductAttention, attend
 from ..bias import BiasQuantizer
 from ..conv import QuantConvNd, QuantConvTransposeNd
 from ..embedding import QuantEmbedding
@@ -32,7 +33,7 @@ from .onnx_weights import OnnxDequantize
 
 SUPPORTED_LAYERS = (
     "QuantLinear, QuantConv1d/2d/3d, QuantConvTranspose1d/2d/3d, QuantEmbedding, QuantIdentity, QuantReLU, "
-    "QuantSigmoid, QuantTanh, QuantHardTanh, QuantEltwiseAdd, QuantCat"
+    "QuantSigmoid, QuantTanh, QuantHardTanh, QuantEltwiseAdd, QuantCat, QuantScaledDotProductAttention"
 )
 Samples = Dict[int, torch.Tensor]  # id(quantizer) -> the first tensor it quantized in the probe forward
 
@@ -131,10 +132,31 @@ class OnnxCat(OnnxEltwiseAdd):
         return _call(self.output_quant, torch.cat([_call(self.input_quant, t) for t in tensors], dim=dim))
 
 
+class OnnxAttention(nn.Module):
+    """The twin of a QuantScaledDotProductAttention: its own computation
+    (:func:`qlayers.attention.attend`) with every quantizer as QuantizeLinear -> DequantizeLinear,
+    written out as ``MatMul``, ``Softmax`` and the mask ops (``Where``, ``Add``), never torch's fused
+    SDPA kernel. Dropout has no inference form: ``dropout_p > 0`` raises."""
+
+    def __init__(self, layer: QuantScaledDotProductAttention, samples: Samples, target: str, where: str) -> None:
+        super().__init__()
+        for role in layer.quant_roles:
+            setattr(self, f"{role}_quant", _act(layer, role, samples, target, where))
+        for name in ("pre_process_q", "pre_process_k", "pre_process_v"):
+            self.__dict__[name] = getattr(layer, name)  # plain callables or modules of the float model
+        self.where = where
+
+    def forward(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if dropout_p > 0.0:
+            raise ExportError(f"{self.where}: dropout_p={dropout_p} is random at run time; export the model in eval mode with dropout_p=0")
+        y = attend(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, fused=False)
+        return _call(self.sdpa_output_quant, y)
+
+
 _TWINS: Tuple[Tuple[type, type], ...] = (
     (QuantLinear, OnnxWeightLayer), (QuantConvNd, OnnxWeightLayer), (QuantConvTransposeNd, OnnxWeightLayer),
     (QuantEmbedding, OnnxWeightLayer), (QuantActivation, OnnxActivation), (QuantCat, OnnxCat),
-    (QuantEltwiseAdd, OnnxEltwiseAdd),
+    (QuantEltwiseAdd, OnnxEltwiseAdd), (QuantScaledDotProductAttention, OnnxAttention),
 )
 
 
