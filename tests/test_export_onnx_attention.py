@@ -31,6 +31,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from qlayers.export import ExportError, export_onnx  # noqa: E402
+from qlayers.model.spec import spec_to_quantizer  # noqa: E402
 from test_export_onnx import _assert_bits_equal, _run  # noqa: E402
 
 N, H, KV_HEADS, L, E = 2, 4, 2, 7, 16
@@ -113,10 +114,11 @@ def _export_and_compare(model, step):
     return proto
 
 
-def test_int8_static_attention_with_every_mask_kind_matches_qzoo_in_onnxruntime():
+def test_int8_static_per_tensor_and_per_head_attention_with_every_mask_kind_matches_qzoo_in_onnxruntime():
     torch.manual_seed(0)
     int8 = Q.Int8ActPerTensorFloat
-    model = MaskKinds(q_quant=int8, k_quant=int8, v_quant=int8, softmax_input_quant=int8,
+    per_head = spec_to_quantizer({"format": "int8", "granularity": "channel", "observer": "minmax"}, role="input")
+    model = MaskKinds(q_quant=int8, k_quant=per_head, v_quant=per_head, softmax_input_quant=int8,
                       softmax_quant=Q.Uint8ActPerTensorFloat, sdpa_output_quant=int8).eval()
     qlayers.calibrate(model, [_inputs(s) for s in (10, 11)], forward=lambda m, batch: m(*batch))
     proto = _export_and_compare(model, lambda quantizer, x: quantizer(x).scale.item() * 1.0001)
@@ -176,7 +178,7 @@ FP8 = {"format": "float8_e4m3fn", "granularity": "token"}  # dynamic
 
 def _tiny(family):
     torch.manual_seed(0)
-    sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=32)
+    sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, max_position_embeddings=32)
     if family == "bert":
         return transformers.BertModel(transformers.BertConfig(**sizes), add_pooling_layer=False).eval()
     return transformers.LlamaModel(transformers.LlamaConfig(num_key_value_heads=2, **sizes)).eval()  # GQA, causal
