@@ -6,8 +6,10 @@ Metrics, on ``--sentences`` generated sentences (deterministic, disjoint from th
 ones): the mean cosine similarity of the mean-pooled sentence embeddings to FP32's, and the
 nearest-neighbour agreement (the fraction of sentences whose most similar other sentence is the
 same as under FP32). Every Linear of the encoder is quantized (weights only); embeddings stay
-float. Run ``python -m benchmarks.ptq_minilm`` (``--quick``: one format, the first encoder layer,
-few sentences: what ``tests/test_ptq_minilm.py`` runs).
+float. Both GPTQs use the same column order: activation order (decreasing Hessian diagonal, qzoo's
+default) unless ``--no-act-order`` (left to right, Brevitas's default). Run
+``python -m benchmarks.ptq_minilm`` (``--quick``: one format, the first encoder layer, few
+sentences: what ``tests/test_ptq_minilm.py`` runs).
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ import qlayers
 from qlayers import ptq
 
 from .hf_transformers import embed  # mean-pooled sentence embeddings
+
+QUICK_CALIBRATION = 160
+"""Calibration sentences of ``--quick`` (about 1800 tokens): GPTQ needs more rows than a layer has
+input columns (1536 for ``output.dense``), else it fits the calibration rows (see qlayers.ptq.gptq)."""
 
 FORMATS = {  # label: qzoo weight spec
     "INT4 per-channel": {"format": "int4", "granularity": "channel"},
@@ -140,7 +146,7 @@ def brevitas_model(model: nn.Module, label: str, layers: Optional[Sequence[str]]
     return model.eval()
 
 
-def brevitas_gptq(model: nn.Module, calibration: Sequence[Dict[str, torch.Tensor]], act_order: bool = False) -> None:
+def brevitas_gptq(model: nn.Module, calibration: Sequence[Dict[str, torch.Tensor]], act_order: bool = True) -> None:
     """Brevitas's GPTQ (``gptq_mode``, ``act_order`` as given), layer by layer.
 
     Brevitas 0.13.4 quantizes a QuantLinear's column through ``quant_weight(subtensor_slice_list=...)``,
@@ -168,7 +174,7 @@ def brevitas_gptq(model: nn.Module, calibration: Sequence[Dict[str, torch.Tensor
 
 
 def run(labels: Sequence[str], n_eval: int = 256, n_calibration: int = 128, layers: Optional[Sequence[str]] = None,
-        use_brevitas: bool = True, act_order: bool = False, log=lambda row: None) -> List[Dict[str, object]]:
+        use_brevitas: bool = True, act_order: bool = True, log=lambda row: None) -> List[Dict[str, object]]:
     """One row per (format, method): quality metrics and wall seconds of the PTQ step (each row is
     also passed to ``log`` as soon as it is measured)."""
     tokenizer, model = load_minilm()
@@ -212,15 +218,17 @@ def table(rows: Sequence[Dict[str, object]]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="INT4 per-channel, first encoder layer, 32 sentences")
+    parser.add_argument("--quick", action="store_true", help="INT4 per-channel, first encoder layer, 32 sentences measured, 160 calibration")
     parser.add_argument("--formats", nargs="*", default=list(FORMATS), choices=list(FORMATS))
     parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--no-brevitas", action="store_true")
-    parser.add_argument("--act-order", action="store_true")
+    parser.add_argument("--no-act-order", dest="act_order", action="store_false",
+                        help="GPTQ in left-to-right column order (both sides; default: act_order on both)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     if args.quick:
-        rows = run(["INT4 per-channel"], n_eval=32, n_calibration=16, layers=["encoder.layer.0.*"], use_brevitas=not args.no_brevitas)
+        rows = run(["INT4 per-channel"], n_eval=32, n_calibration=QUICK_CALIBRATION, layers=["encoder.layer.0.*"],
+                   use_brevitas=not args.no_brevitas, act_order=args.act_order)
     else:
         rows = run(args.formats, n_eval=args.sentences, use_brevitas=not args.no_brevitas, act_order=args.act_order,
                    log=lambda row: print(row, flush=True))

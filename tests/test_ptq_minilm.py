@@ -17,9 +17,10 @@ def test_sentences_are_deterministic_distinct_and_varied():
     assert evaluation == texts and len(calibration) == 128 and not set(evaluation) & set(calibration)
 
 
-@pytest.mark.slow  # MiniLM: 6 Linear layers of GPTQ, 48 sentences
+@pytest.mark.slow  # MiniLM: 6 Linear layers of GPTQ, 192 sentences
 def test_gptq_removes_a_third_of_rtn_embedding_error_on_minilm():
-    rows = ptq_minilm.run(["INT4 per-channel"], n_eval=32, n_calibration=16, layers=["encoder.layer.0.*"], use_brevitas=False)
+    rows = ptq_minilm.run(["INT4 per-channel"], n_eval=32, n_calibration=ptq_minilm.QUICK_CALIBRATION,
+                          layers=["encoder.layer.0.*"], use_brevitas=False)
     rtn, gptq = (r for r in rows if r["format"] == "INT4 per-channel")
     assert gptq["layers"] == 6
     assert 1 - gptq["cosine"] <= 0.7 * (1 - rtn["cosine"])
