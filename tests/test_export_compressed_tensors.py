@@ -147,8 +147,12 @@ def test_conv_and_activation_quantizers_raise_naming_the_layer(tmp_path):
     with pytest.raises(ValueError, match=r"layer '0': a QuantConv2d weight has no compressed-tensors layout"):
         qlayers.save_packed(conv, tmp_path, format="compressed-tensors")
     act = nn.Sequential(qlayers.QuantLinear(8, 8, input_quant=qz.Int8ActPerTokenFloat))
-    with pytest.raises(ValueError, match=r"layer '0': a QuantLinear quantizing its input"):
+    with pytest.raises(ValueError, match=r"layer '0': dynamic int8_narrow input activations \(token\) \(compressed-tensors' dynamic integer scale is amax / 127.5\) has no compressed-tensors layout"):
         qlayers.save_packed(act, tmp_path, format="compressed-tensors")
+    out = nn.Sequential(qlayers.QuantLinear(8, 8, output_quant=qz.Int8ActPerTensorFloat))
+    with pytest.raises(ValueError, match=r"layer '0': a QuantLinear quantizing its output"):
+        qlayers.save_packed(out, tmp_path, format="compressed-tensors")
+    assert not tmp_path.joinpath("model.safetensors").exists()
 
 
 def test_hf_config_is_kept_next_to_the_quantization_config(tmp_path):
@@ -169,3 +173,81 @@ def test_an_input_multiplier_raises_instead_of_being_dropped(tmp_path):
     model[0].set_input_multiplier(torch.linspace(0.5, 2.0, IN))
     with pytest.raises(ValueError, match=r"layer '0': a QuantLinear with an input_multiplier"):
         qlayers.save_packed(model, tmp_path, format="compressed-tensors")
+
+
+# ---- input activations: compressed-tensors' own quantization of the input is qzoo's --------------------
+INPUT_CASES = {  # weight quantizer, input quantizer (class or spec), static (calibrated)
+    "fp8_static_tensor": (qz.Fp8e4m3OCPWeightPerTensorFloat, qz.Fp8e4m3OCPActPerTensorFloat, True),
+    "fp8_dynamic_token": (qz.Fp8e4m3OCPWeightPerChannelFloat, qz.Fp8e4m3OCPActPerTokenFloat, False),
+    "fp8_dynamic_tensor": (qz.Fp8e4m3OCPWeightPerChannelFloat, {"format": "float8_e4m3fn", "dynamic": True}, False),
+    "int8_static": (qz.Int8WeightPerChannelFloat, qz.Int8ActPerTensorFloat, True),
+    "uint8_static": (qz.Int8WeightPerChannelFloat, qz.Uint8ActPerTensorFloat, True),
+    "int8_static_asymmetric": (qz.Int8WeightPerChannelFloat, {"format": "uint8", "symmetric": False}, True),
+}
+
+
+def input_model(weight_quant, input_quant, static):
+    if isinstance(input_quant, dict):
+        input_quant = qlayers.model.spec_to_quantizer(input_quant, role="input")
+    torch.manual_seed(3)
+    layer = qlayers.QuantLinear(IN, 64, weight_quant=weight_quant, input_quant=input_quant)
+    model = nn.Sequential(layer, nn.GELU(), nn.Linear(64, 4))
+    if static:
+        model.train()
+        with torch.no_grad():
+            for seed in range(3):
+                model(torch.randn(2, 5, IN, generator=torch.Generator().manual_seed(seed)) + 0.5)
+    return model.eval()
+
+
+def ct_quantize_input(group, tensors, name, x):
+    """compressed-tensors' fake quantization of a layer input (its forward_quantize, without a module)."""
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
+
+    args = QuantizationScheme.model_validate(group).input_activations
+    if args.dynamic:
+        scale, zero_point = compute_dynamic_scales_and_zp(value=x, args=args, module=nn.Module())
+    else:
+        scale, zero_point = tensors[f"{name}.input_scale"], tensors.get(f"{name}.input_zero_point")
+    return fake_quantize(x=x, scale=scale, zero_point=zero_point, args=args)
+
+
+@pytest.mark.parametrize("case", INPUT_CASES)
+def test_compressed_tensors_quantizes_exported_inputs_as_qzoo_does(case, tmp_path):
+    model = input_model(*INPUT_CASES[case])
+    qlayers.save_packed(model, tmp_path, format="compressed-tensors")
+    config, tensors, weights = decompress(tmp_path)
+    (group,) = config["config_groups"].values()
+    assert group["input_activations"]["dynamic"] is not INPUT_CASES[case][2]
+    assert ("0.input_scale" in tensors) is INPUT_CASES[case][2]
+    x = torch.randn(3, 7, IN, generator=torch.Generator().manual_seed(11)) * 2.0 + 0.5  # past the calibrated range too
+    x[0, 0, :4] = 0.0
+    expected = model[0].input_quant(x).value
+    assert torch.equal(ct_quantize_input(group, tensors, "0", x), expected)
+    assert torch.equal(weights["0"].float(), model[0].quant_weight().value)
+
+
+def test_input_scale_of_a_static_fp8_input_is_qzoos_and_the_config_parses(tmp_path):
+    from compressed_tensors.quantization import QuantizationConfig
+
+    model = input_model(*INPUT_CASES["fp8_static_tensor"])
+    qlayers.save_packed(model, tmp_path, format="compressed-tensors")
+    config = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    parsed = QuantizationConfig.model_validate(config)
+    assert parsed.config_groups["group_0"].input_activations.strategy == "tensor"
+    scale = load_file(tmp_path / "model.safetensors")["0.input_scale"]
+    assert scale.shape == (1,) and torch.equal(scale, model[0].input_quant(torch.zeros(1, IN)).scale_.reshape(1))
+
+
+def test_inputs_compressed_tensors_would_quantize_differently_raise(tmp_path):
+    narrow = input_model(qz.Int8WeightPerChannelFloat, {"format": "int8", "narrow": True}, True)
+    with pytest.raises(ValueError, match=r"layer '0': static int8_narrow input activations \(tensor\) over \[-127, 127\] \(compressed-tensors clamps to the full range \[-128, 127\]\)"):
+        qlayers.save_packed(narrow, tmp_path / "a", format="compressed-tensors")
+    mx = input_model(qz.MXFloat8e4m3Weight, qz.MXFloat8e4m3Act, False)
+    with pytest.raises(ValueError, match=r"layer '0': dynamic float8_e4m3fn input activations \(group\) has no compressed-tensors layout"):
+        qlayers.save_packed(mx, tmp_path / "b", format="compressed-tensors")
+    uncalibrated = nn.Sequential(qlayers.QuantLinear(8, 8, weight_quant=qz.Int8WeightPerChannelFloat, input_quant=qz.Int8ActPerTensorFloat)).eval()
+    with pytest.raises(ValueError, match=r"layer '0' input_quant: static quantizer was never calibrated"):
+        qlayers.save_packed(uncalibrated, tmp_path / "c", format="compressed-tensors")
+    assert not any((tmp_path / d).exists() for d in "abc")

@@ -25,25 +25,40 @@ Conventions (checked against the real decompressor by ``tests/test_export_compre
 - compressed-tensors decompresses FP4 and MX weights to bfloat16: exactly qzoo's MX values, and
   qzoo's NVFP4 values of a bfloat16 model.
 
+Input activations (``input_quant`` of a ``QuantLinear``) become the group's ``input_activations``
+where compressed-tensors computes exactly what qzoo computes (checked with its own ``forward_quantize``):
+
+| qzoo input quantizer | ``input_activations`` | tensors |
+| --- | --- | --- |
+| OCP FP8 E4M3, static per tensor (calibrated, learned or fixed range) | ``float``, 8 bits, ``tensor``, ``dynamic: false`` | ``input_scale`` (one float32) |
+| OCP FP8 E4M3, dynamic per tensor or per token, scale ``amax / 448`` | ``float``, 8 bits, ``tensor`` / ``token``, ``dynamic: true`` | none |
+| INT2..INT8 / UINT2..UINT8 over the full integer range, static per tensor | ``int``, ``tensor``, ``dynamic: false`` | ``input_scale``; ``input_zero_point`` (int8, shifted as for weights) when asymmetric or unsigned |
+
+Dynamic integer activations are refused: compressed-tensors' symmetric rule is ``amax / 127.5``
+(half the integer range), not qzoo's ``amax / 127``.
+
 Anything else (HiFloat8, FP6, E1M2, E5M2 and FNUZ FP8, MXINT8, INT3 per row..., convolutions,
-activation quantizers, padded groups) raises ``ValueError`` naming the layer, the format, the
-target and the alternative, ``save_packed(model, directory)`` (the native qzoo layout); nothing is
-written then.
+other activation quantizers (outputs, biases, per-channel or MX inputs), padded groups) raises
+``ValueError`` naming the layer, the format, the target and the alternative,
+``save_packed(model, directory)`` (the native qzoo layout); nothing is written then.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantizers import TensorQuantizer
 from quantizers.formats import FloatFormat, IntFormat, get_format
 from quantizers.formats.packing import pack_fp4
+from quantizers.scaling.scalers import FloatScaler, IntScaler
 from quantizers.tensor.packed import PackedQuantTensor, element_codes
+from quantizers.tensor_quantizer import widen_statistic
 
 from ..embedding import QuantEmbedding
 from ..linear import QuantLinear
@@ -51,6 +66,8 @@ from ..quant_layer import QuantLayer
 from .checkpoint import SizeReport, _is_packed_key, _safetensors, _write, size_report
 from .freeze import is_frozen, pack_weight
 from .manifest import CheckpointError
+from .onnx_acts import is_dynamic
+from .onnx_types import ExportError
 
 TARGET = "compressed-tensors"
 _E4M3 = get_format("float8_e4m3fn")
@@ -70,13 +87,15 @@ def save_compressed_tensors(model: nn.Module, directory) -> SizeReport:
         skipped.update(f"{name}.{role}_quant" if name else f"{role}_quant" for role in module.quant_roles)
         if is_frozen(module) or getattr(module, "weight_quant", None) is not None:
             packed[name] = module.packed_weight.packed() if is_frozen(module) else pack_weight(name, module)
-            layers[name] = _convert(name, packed[name])
+            args, fmt, stored = _convert(name, packed[name])
+            input_args, input_tensors = _input_activations(name, module)
+            layers[name] = (args, fmt, {**stored, **input_tensors}, input_args)
     tensors: Dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         if any(key.startswith(s + ".") for s in skipped) or _is_packed_key(key, packed):
             continue
         tensors[key] = value.detach().cpu().contiguous().clone()
-    for name, (_, _, stored) in layers.items():
+    for name, (_, _, stored, _) in layers.items():
         prefix = f"{name}." if name else ""
         tensors.update({prefix + k: v.contiguous() for k, v in stored.items()})
     config = _hf_config(model)
@@ -92,15 +111,18 @@ def save_compressed_tensors(model: nn.Module, directory) -> SizeReport:
 def _unsupported(name: str, what: str) -> CheckpointError:
     return CheckpointError(
         f"layer {name or '(root)'!r}: {what} has no {TARGET} layout ({TARGET} stores pack-quantized INT2-8, "
-        "float-quantized FP8 E4M3, MXFP4, NVFP4 and MXFP8 E4M3 weights of Linear/Embedding layers); save it "
+        "float-quantized FP8 E4M3, MXFP4, NVFP4 and MXFP8 E4M3 weights of Linear/Embedding layers, and "
+        "static per-tensor FP8 E4M3/INT2-8 or dynamic per-tensor/per-token FP8 E4M3 inputs); save it "
         "in the native qzoo layout instead: save_packed(model, directory) (format='qzoo')"
     )
 
 
 def _check_layer(name: str, module: QuantLayer) -> None:
-    active = [r for r in module.quant_roles if r != "weight" and getattr(module, f"{r}_quant", None) is not None]
+    active = [r for r in module.quant_roles if r not in ("weight", "input") and getattr(module, f"{r}_quant", None) is not None]
     if active:
-        raise _unsupported(name, f"a {type(module).__name__} quantizing its {', '.join(active)} ({TARGET} export covers weights)")
+        raise _unsupported(name, f"a {type(module).__name__} quantizing its {', '.join(active)} ({TARGET} export covers weights and inputs)")
+    if getattr(module, "input_quant", None) is not None and getattr(module, "weight_quant", None) is None and not is_frozen(module):
+        raise _unsupported(name, f"a {type(module).__name__} quantizing its input but not its weight")
     if "input_multiplier" in module._buffers:
         raise _unsupported(name, f"a {type(module).__name__} with an input_multiplier (SmoothQuant/AWQ scales; fold them first)")
     if getattr(module, "weight_quant", None) is not None and not isinstance(module, (QuantLinear, QuantEmbedding)):
@@ -218,6 +240,61 @@ def pack_to_int32(codes: torch.Tensor, bits: int, chunk: int = 4096) -> torch.Te
     return torch.cat(out) if out else codes.new_zeros((0, words), dtype=torch.int32)
 
 
+# ---- input activations ----------------------------------------------------------------------------
+def _input_activations(name: str, module: QuantLayer) -> Tuple[Optional[Dict[str, Any]], Dict[str, torch.Tensor]]:
+    """``(input_activations args or None, local tensors)`` of a layer's input quantizer (see the
+    module docstring); anything compressed-tensors would compute differently raises."""
+    quantizer = getattr(module, "input_quant", None)
+    if quantizer is None:
+        return None, {}
+    fmt = getattr(quantizer, "fmt", None)
+    where = f"layer {name or '(root)'!r} input_quant"
+    if not isinstance(quantizer, TensorQuantizer) or quantizer.rounding not in (None, "even") or not fmt._saturates(quantizer.saturating):
+        raise _unsupported(name, f"input activations of {getattr(fmt, 'name', type(quantizer).__name__)} (other than round-to-nearest-even, saturating)")
+    kind = quantizer.granularity.kind
+    described = f"{fmt.name} input activations ({kind})"
+    try:
+        dynamic = is_dynamic(quantizer, where)
+    except ExportError as error:
+        raise CheckpointError(str(error)) from None
+    fp8 = _same(fmt, _E4M3)
+    if dynamic:
+        plain = isinstance(quantizer.scaler, FloatScaler) and quantizer.scaler.power_of_two is None
+        if not (fp8 and plain and kind in ("tensor", "token") and quantizer.range_method == "max" and quantizer.float_range is None):
+            why = " (compressed-tensors' dynamic integer scale is amax / 127.5)" if isinstance(fmt, IntFormat) else ""
+            raise _unsupported(name, f"dynamic {described}{why}")
+        return {"num_bits": 8, "type": "float", "symmetric": True, "strategy": kind, "dynamic": True}, {}
+    if kind != "tensor":
+        raise _unsupported(name, f"static {described}")
+    with torch.no_grad():
+        training = quantizer.training
+        quantizer.eval()  # a static range is read, never updated
+        try:
+            scales = quantizer.scaler(widen_statistic(quantizer.range_for(torch.zeros(1)), torch.float32))
+        finally:
+            quantizer.train(training)
+    if scales.offset is not None or not bool(torch.isfinite(scales.scale).all()):
+        raise _unsupported(name, f"{described} with the MINVAL formulation or a non-finite scale")
+    scale = scales.scale.detach().float().reshape(1)
+    if fp8:
+        return {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "tensor", "dynamic": False}, {"input_scale": scale}
+    if not isinstance(fmt, IntFormat) or fmt.bits > 8 or not isinstance(quantizer.scaler, IntScaler):
+        raise _unsupported(name, f"static {described}")
+    bits = fmt.bits
+    full = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if fmt.signed else (0, 2 ** bits - 1)
+    if (fmt.min_int, fmt.max_int) != full:
+        raise _unsupported(name, f"static {described} over [{fmt.min_int}, {fmt.max_int}] (compressed-tensors clamps to the full range {list(full)})")
+    shift = 0 if fmt.signed else 2 ** (bits - 1)
+    zero_point = torch.zeros(()) if scales.zero_point is None else scales.zero_point.detach().float().reshape(())
+    if not bool(zero_point == zero_point.round()):
+        raise _unsupported(name, f"{described} with a non-integer zero point")
+    args = {"num_bits": bits, "type": "int", "symmetric": fmt.signed and scales.zero_point is None, "strategy": "tensor", "dynamic": False}
+    stored = {"input_scale": scale}
+    if not args["symmetric"]:
+        stored["input_zero_point"] = (zero_point.to(torch.int64) - shift).to(torch.int8).reshape(1)
+    return args, stored
+
+
 # ---- config.json --------------------------------------------------------------------------------------
 def _hf_config(model: nn.Module) -> Dict[str, Any]:
     config = getattr(model, "config", None)
@@ -227,24 +304,24 @@ def _hf_config(model: nn.Module) -> Dict[str, Any]:
 
 
 def _quantization_config(model: nn.Module, layers) -> Dict[str, Any]:
-    groups: List[Tuple[Dict[str, Any], str, List[str]]] = []
-    for name, (args, fmt, _) in layers.items():
-        for group_args, group_fmt, targets in groups:
-            if group_args == args and group_fmt == fmt:
+    groups: List[Tuple[Dict[str, Any], str, Any, List[str]]] = []
+    for name, (args, fmt, _, input_args) in layers.items():
+        for group_args, group_fmt, group_input, targets in groups:
+            if (group_args, group_fmt, group_input) == (args, fmt, input_args):
                 targets.append(f"re:^{re.escape(name)}$")
                 break
         else:
-            groups.append((args, fmt, [f"re:^{re.escape(name)}$"]))
-    formats = {fmt for _, fmt, _ in groups}
+            groups.append((args, fmt, input_args, [f"re:^{re.escape(name)}$"]))
+    formats = {fmt for _, fmt, _, _ in groups}
     ignore = [n for n, m in model.named_modules() if type(m) is nn.Linear]
     return {
         "quant_method": "compressed-tensors",
         "format": formats.pop() if len(formats) == 1 else "mixed-precision",
         "quantization_status": "compressed",
         "config_groups": {
-            f"group_{i}": {"targets": targets, "weights": args, "input_activations": None,
+            f"group_{i}": {"targets": targets, "weights": args, "input_activations": input_args,
                            "output_activations": None, "format": fmt}
-            for i, (args, fmt, targets) in enumerate(groups)
+            for i, (args, fmt, input_args, targets) in enumerate(groups)
         },
         "ignore": ignore,
     }

@@ -71,7 +71,7 @@ def _probe(model: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> D
 
 
 def _check_model(model: nn.Module) -> None:
-    from .onnx_acts import _is_dynamic
+    from .onnx_acts import is_dynamic
     from .onnx_layers import quant_layers, twin_class
 
     if not isinstance(model, nn.Module):
@@ -84,7 +84,7 @@ def _check_model(model: nn.Module) -> None:
         for role in layer.quant_roles:
             quantizer = getattr(layer, f"{role}_quant", None)
             if isinstance(quantizer, TensorQuantizer) and role != "weight" and role != "bias":
-                _is_dynamic(quantizer, f"layer {name!r} ({type(layer).__name__}) {role}_quant")
+                is_dynamic(quantizer, f"layer {name!r} ({type(layer).__name__}) {role}_quant")
 
 
 @contextlib.contextmanager

@@ -76,7 +76,7 @@ class OnnxQuantizeDequantize(nn.Module):
         self.dynamic: Optional[TensorQuantizer] = None
         if isinstance(quantizer.scaler, UnitScaler):
             scale, zero_point = torch.ones(()), None
-        elif _is_dynamic(quantizer, where):
+        elif is_dynamic(quantizer, where):
             _check_dynamic(quantizer, where)
             self.dynamic = quantizer
             self.axis = quantizer.granularity.resolve_axis(sample.ndim) if quantizer.granularity.kind != "tensor" else 0
@@ -132,7 +132,9 @@ class OnnxQuantizeDequantize(nn.Module):
         return f"{self.format_name} activations, {kind} scale, QuantizeLinear -> DequantizeLinear"
 
 
-def _is_dynamic(quantizer: TensorQuantizer, where: str) -> bool:
+def is_dynamic(quantizer: TensorQuantizer, where: str) -> bool:
+    """Whether ``quantizer`` computes its scale from each tensor (dynamic) rather than a stored range
+    (static); raises :class:`ExportError` for calibration mode or a static range never calibrated."""
     source = quantizer.range_source
     if source in (RangeSource.OBSERVE, RangeSource.OBSERVE_AND_QUANTIZE):
         raise ExportError(f"{where}: the quantizer is in calibration mode (range_source={source.value!r}); leave calibration_mode before exporting")
