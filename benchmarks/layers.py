@@ -5,6 +5,10 @@ Every contender runs under ``torch.no_grad()`` in eval mode (inference). Static 
 are calibrated first with a few training-mode forwards on other batches; dynamic ones (MX) need
 none. qzoo serves the quantized weight from its eval-mode cache; Brevitas recomputes it every call
 (its default).
+
+Baseline ``float_read`` (informational, default cache only): the float layer plus one plain read of
+its float weight (``weight.sum()``), the least any cache costs that sees every write by reading the
+weight (``cache_checks_values="checksum"``, the default; see :mod:`qlayers.weight_cache`).
 """
 from __future__ import annotations
 
@@ -98,6 +102,18 @@ def inference(layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return forward
 
 
+class _ReadsWeight(nn.Module):
+    """``module(x)`` plus one plain read of ``module.weight`` (the baseline ``float_read``)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.module.weight.sum()
+        return self.module(x)
+
+
 def _builder(kind: tuple, weight: str, act: Optional[str], cache: str) -> Callable[[Context], Dict[str, Any]]:
     _, factory, input_shape, _ = kind
 
@@ -108,6 +124,8 @@ def _builder(kind: tuple, weight: str, act: Optional[str], cache: str) -> Callab
             "qzoo": inference(calibrate(qzoo_twin(module, weight, act, cache), input_shape, ctx.device), x),
             "float": inference(module, x),
         }
+        if cache != "none":
+            fns["float_read"] = inference(_ReadsWeight(module), x)
         twin = brevitas_twin(module, weight, act) if ctx.brevitas else None
         if twin is not None:
             fns[BREVITAS] = inference(calibrate(twin, input_shape, ctx.device), x)
@@ -125,7 +143,7 @@ def cases() -> List[Case]:
                 section=section,
                 name=config_name(weight, act, cache),
                 build=_builder(kind, weight, act, cache),
-                compares=(Compare("float", target), Compare(BREVITAS)),
+                compares=(Compare("float", target), Compare(BREVITAS)) + ((Compare("float_read"),) if cache != "none" else ()),
                 quick=section in quick,
                 meta={"layer": description, "weight_quant": weight, "input_quant": act, "cache_checks_values": cache},
             ))
