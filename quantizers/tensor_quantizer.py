@@ -293,18 +293,19 @@ class TensorQuantizer(nn.Module):
         """This tensor's statistic, as the scaler needs it (absmax or (min, max)), over its finite
         elements (NaN/Inf blocks marked for block scales: the policy of :mod:`quantizers.scaling`),
         computed in float32 for float16/bfloat16 input."""
+        # Every reduction below reads NaN and ±Inf as 0 itself (amax, min_max, percentile, the MSE
+        # search), so no finite copy of the whole tensor is made.
         raw = widen(x.detach())
-        x = finite_or_zero(raw)
         if self.range_method == "percentile":
             if self.scaler.needs == "absmax":
-                stat = abs_percentile(x, self.granularity, self.percentile)
+                stat = abs_percentile(raw, self.granularity, self.percentile)
             else:
-                stat = min_max_percentile(x, self.granularity, self.percentile)
+                stat = min_max_percentile(raw, self.granularity, self.percentile)
         else:
-            stat = _range_statistic(x, self.granularity, self.scaler.needs)
+            stat = _range_statistic(raw, self.granularity, self.scaler.needs)
             if self.range_method == "mse":
-                stat = self._mse_search(x, stat)
-        stat = self._fixed_range(x, stat)
+                stat = self._mse_search(raw, stat)
+        stat = self._fixed_range(raw, stat)
         return mark_nonfinite_blocks(stat, raw, self.granularity) if self.scaler.nan_blocks else stat
 
     def _fixed_range(self, x: torch.Tensor, stat: Statistic) -> Statistic:
@@ -324,7 +325,7 @@ class TensorQuantizer(nn.Module):
 
     def _mse_search(self, x: torch.Tensor, stat: Statistic) -> Statistic:
         """Per scale, the clipping ratio r (statistic * r) among ``mse_ratios`` with the least
-        squared quantization error.
+        squared quantization error, NaN and ±Inf elements of ``x`` read as 0.
 
         A per-tensor search scores every candidate at once on an evenly strided sample of at most
         ``MSE_SAMPLE_SIZE`` elements, so its cost does not grow with the tensor; finer
@@ -333,9 +334,11 @@ class TensorQuantizer(nn.Module):
         if self.granularity.kind == "tensor":
             sample = x.reshape(-1)
             if sample.numel() > MSE_SAMPLE_SIZE:
-                sample = sample[:: sample.numel() // MSE_SAMPLE_SIZE].contiguous()
+                sample = sample[:: sample.numel() // MSE_SAMPLE_SIZE]
+            sample = finite_or_zero(sample.contiguous())
             best = _best_per_tensor_ratio(sample, stat, ratios.to(sample.dtype), self.scaler, self.fmt, self.rounding, self.saturating)
             return Range(*(s * best for s in stat)) if isinstance(stat, tuple) else stat * best
+        x = finite_or_zero(x)
         layout = self.granularity.layout(x)
         dims = self.granularity.reduce_dims(x)
         best_error, best = None, stat
