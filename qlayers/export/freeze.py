@@ -4,14 +4,21 @@ Each :class:`~qlayers.QuantWeightLayer` with a weight quantizer gets a :class:`P
 submodule ``packed_weight`` holding the weight's :meth:`QuantTensor.pack` storage (element codes
 at their real width, E8M0/E4M3 scale codes, zero points: :mod:`quantizers.tensor.packed`) as
 buffers, and its float ``weight`` parameter is deleted. ``layer.quant_weight()`` then returns the
-packed weight dequantized by one kernel (:func:`quantizers.tensor.packed.dequantize_fields`
-wrapped in :func:`quantizers.compile.compiled`): ``value_ = decode(codes) * scale`` (minus the
-zero point for integers) computed in float32 and rounded once, bit for bit the ``value_`` the
-fake-quant layer used, so a frozen model's outputs equal the fake-quant model's exactly (same
+packed weight dequantized by one fused kernel (:func:`quantizers.tensor.packed_dequant.dequantize_stored`
+wrapped in :func:`quantizers.compile.compiled`; FP6 and 16/32-bit codes, and nibble pairs of an odd
+last dim, use :func:`quantizers.tensor.packed.dequantize_fields`): ``value_ = decode(codes) * scale``
+(minus the zero point for integers) computed in float32 and rounded once, bit for bit the ``value_``
+the fake-quant layer used, so a frozen model's outputs equal the fake-quant model's exactly (same
 input, bias and output quantizers, same float op). One documented exception of packing: integer
 codes have no -0, so an integer weight element ``q = -0.0`` (a small negative weight rounded to 0)
 comes back as ``+0.0``; it can show only where the weight reaches the output unsummed
 (``QuantEmbedding`` rows).
+
+Speed: the kernel's arguments other than tensors are shared by every layer of one format, so under
+the ``"auto"`` compile policy a model's frozen layers pay for compilation together (a few forwards)
+and each weight shape then runs its own compiled graph: one loop over the packed bytes that writes
+the float weight, nothing else. The weight is dequantized again in every forward (it is not cached:
+that would undo the memory saving).
 
 Memory: the weight's bytes drop to the packed bytes (MXFP4: 4.25 bits per element; NVFP4 4.5 +
 32 per tensor; INT4 per-group-128 4.25 with a float32 scale), and the eval weight cache holds
@@ -28,12 +35,14 @@ from torch import nn
 
 from quantizers.compile import compiled
 from quantizers.tensor.packed import PackedQuantTensor, QuantTensor, check_packed, dequantize_fields
+from quantizers.tensor.packed_dequant import decoder_for, dequantize_stored, stored_shape
 
 from ..embedding import QuantEmbedding
 from ..weight_layer import QuantWeightLayer
 from .manifest import CheckpointError
 
-_dequantize = compiled(dequantize_fields, dynamic=False)
+_dequantize = compiled(dequantize_fields, dynamic=False)  # layouts dequantize_stored does not take
+_dequantize_stored = compiled(dequantize_stored, dynamic=False)
 
 
 class PackedWeight(nn.Module):
@@ -53,6 +62,16 @@ class PackedWeight(nn.Module):
         self.register_buffer("outer_scale", _optional(packed.outer_scale))
         # the fields other than the tensors: the kernel's constant argument (keyed by identity)
         self.meta = dataclasses.replace(packed, codes=None, scale=None, zero_point=None, outer_scale=None)
+        self._codes_shape = stored_shape(packed)
+        # dequantize_stored's constant arguments: values shared by every layer of the same format (the
+        # zero point's shape matters only when it is not stored: zeros of that shape are returned)
+        zero_point_shape = tuple(packed.zero_point_shape) if packed.zero_point is None else ()
+        self._static = None if self._codes_shape is None else (
+            packed.fmt, decoder_for(packed.fmt), packed.layout == "nibble", packed.scale_codes_format,
+            packed.scale_dtype, zero_point_shape, packed.zero_point_dtype,
+            packed.kind in ("IntQuantTensor", "GroupwiseIntQuantTensor"),
+            packed.value_dtype if packed.rounded_dtype is None else packed.rounded_dtype, packed.value_dtype,
+        )
 
     def packed(self) -> PackedQuantTensor:
         """The PackedQuantTensor these buffers hold."""
@@ -64,7 +83,10 @@ class PackedWeight(nn.Module):
         codes, scale = _as_bytes(self.codes), self.scale
         if self.meta.scale_codes_format is not None:
             scale = _as_bytes(scale)  # inductor has no float8_e8m0fnu: the kernel reads the bytes
-        fields = _dequantize(self.meta, codes, scale, self.zero_point, self.outer_scale)
+        if self._static is None:
+            fields = _dequantize(self.meta, codes, scale, self.zero_point, self.outer_scale)
+        else:
+            fields = _dequantize_stored(codes.view(self._codes_shape), scale, self.zero_point, self.outer_scale, *self._static)
         return self.packed().quant_tensor(*fields)
 
     def _apply(self, fn, recurse=True):
