@@ -27,21 +27,33 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
 
+def _float_value(code: int, e_bits: int, m_bits: int, bias: int) -> float:
+    """The value of a float code without Inf/NaN codes, from its fields (float64 formula)."""
+    sign = -1.0 if code >> (e_bits + m_bits) & 1 else 1.0
+    e, m = code >> m_bits & (2 ** e_bits - 1), code & (2 ** m_bits - 1)
+    magnitude = m / 2 ** m_bits * 2.0 ** (1 - bias) if e == 0 else (1 + m / 2 ** m_bits) * 2.0 ** (e - bias)
+    return math.copysign(magnitude, sign)
+
+
 @pytest.mark.parametrize("fmt, decoder, table", [
-    (get_format("float4_e2m1fn"), "e2m1", E2M1),
-    (IntFormat(bits=4, signed=True), "int4", INT4),
-    (IntFormat(bits=4, signed=True, narrow=True), "int4", INT4),
-    (IntFormat(bits=4, signed=False), "uint4", list(range(16))),
+    (get_format("float4_e2m1fn"), "float", E2M1),
+    (get_format("float4_e1m2"), "float", [_float_value(c, 1, 2, 1) for c in range(16)]),
+    (get_format("float6_e2m3fn"), "float", [_float_value(c, 2, 3, 1) for c in range(64)]),
+    (get_format("float6_e3m2fn"), "float", [_float_value(c, 3, 2, 3) for c in range(64)]),
+    (IntFormat(bits=4, signed=True), "int", INT4),
+    (IntFormat(bits=4, signed=True, narrow=True), "int", INT4),
+    (IntFormat(bits=4, signed=False), "uint", list(range(16))),
+    (IntFormat(bits=8, signed=True), "int", list(range(128)) + list(range(-128, 0))),
 ])
 def test_arithmetic_decoders_match_the_hand_tables(fmt, decoder, table):
     assert decoder_for(fmt) == decoder
-    got = _ARITHMETIC[decoder](torch.arange(16, dtype=torch.uint8))
+    got = _ARITHMETIC[decoder](torch.arange(len(table), dtype=torch.int32).to(torch.uint8), fmt)
     assert got.dtype == torch.float32
     assert torch.equal(bits(got), bits(torch.tensor(table, dtype=torch.float32)))  # -0.0 included
 
 
-@pytest.mark.parametrize("name", ["float4_e1m2", "float8_e4m3fn", "int8", "hifloat8"])
-def test_formats_without_an_arithmetic_decoder_use_the_code_table(name):
+@pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2", "hifloat8"])
+def test_formats_with_special_codes_use_the_code_table(name):
     assert decoder_for(get_format(name)) == "table"
 
 
@@ -55,7 +67,11 @@ PATHS = {
     "int4_scale_along_last_dim": (_spec("int4"), {"weight_channel_axis": 1}, 64, "nibbles decoded apart"),
     "int4_odd_length": (_spec("int4"), {}, 63, "dequantize_fields"),
     "uint4_group_zero_point": (qz.Uint4WeightPerGroupFloat, {"weight_group_size": 16}, 64, "nibbles decoded apart"),
-    "e1m2_table": (_spec("float4_e1m2"), {}, 64, "nibbles decoded apart"),
+    "e1m2": (_spec("float4_e1m2"), {}, 64, "nibbles decoded apart"),
+    "mxfp6_e3m2": (qz.MXFloat6e3m2Weight, {}, 64, "byte triples decoded apart"),
+    "mxfp6_odd_groups": (_spec("float6_e2m3fn"), {}, 62, "dequantize_fields"),
+    "hifloat8_table": (qz.HiFloat8WeightPerTensorFloat, {}, 64, "one code per byte"),
+    "int8_byte": (qz.Int8WeightPerChannelFloat, {}, 64, "one code per byte"),
     "mxfp4": (qz.MXFloat4e2m1Weight, {}, 64, "nibbles decoded apart"),
     "nvfp4": (qz.NVFloat4e2m1Weight, {}, 64, "nibbles decoded apart"),
     "fp8_byte": (qz.Fp8e4m3OCPWeightPerChannelFloat, {}, 64, "one code per byte"),
@@ -99,12 +115,14 @@ def test_every_kernel_path_equals_the_fake_quant_layer_eager(case):
     expected_path = PATHS[case][3]
     packed = layer.packed_weight
     assert (packed._static is None) == (expected_path == "dequantize_fields")
+    layouts = {"nibbles decoded apart": "nibble", "byte triples decoded apart": "six_bit", "one code per byte": "byte"}
     if packed._static is not None:
-        assert packed._static[2] == (expected_path != "one code per byte")  # nibbles
+        assert packed._static[2] == layouts[expected_path]
 
 
 @pytest.mark.parametrize("case, dtype", [("mxfp4", torch.float32), ("nvfp4", torch.bfloat16),
-                                         ("uint4_group_zero_point", torch.float32), ("int4_scale_along_last_dim", torch.float32)])
+                                         ("uint4_group_zero_point", torch.float32), ("int4_scale_along_last_dim", torch.float32),
+                                         ("mxfp6_e3m2", torch.float32)])
 def test_compiled_kernel_is_one_fused_kernel_equal_to_the_fake_quant_layer(case, dtype, caplog):
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code

@@ -5,8 +5,8 @@ submodule ``packed_weight`` holding the weight's :meth:`QuantTensor.pack` storag
 at their real width, E8M0/E4M3 scale codes, zero points: :mod:`quantizers.tensor.packed`) as
 buffers, and its float ``weight`` parameter is deleted. ``layer.quant_weight()`` then returns the
 packed weight dequantized by one fused kernel (:func:`quantizers.tensor.packed_dequant.dequantize_stored`
-wrapped in :func:`quantizers.compile.compiled`; FP6 and 16/32-bit codes, and nibble pairs of an odd
-last dim, use :func:`quantizers.tensor.packed.dequantize_fields`): ``value_ = decode(codes) * scale``
+wrapped in :func:`quantizers.compile.compiled`; 16/32-bit codes, and 4/6-bit codes whose byte groups
+would straddle rows, use :func:`quantizers.tensor.packed.dequantize_fields`): ``value_ = decode(codes) * scale``
 (minus the zero point for integers) computed in float32 and rounded once, bit for bit the ``value_``
 the fake-quant layer used, so a frozen model's outputs equal the fake-quant model's exactly (same
 input, bias and output quantizers, same float op). One documented exception of packing: integer
@@ -67,7 +67,7 @@ class PackedWeight(nn.Module):
         # zero point's shape matters only when it is not stored: zeros of that shape are returned)
         zero_point_shape = tuple(packed.zero_point_shape) if packed.zero_point is None else ()
         self._static = None if self._codes_shape is None else (
-            packed.fmt, decoder_for(packed.fmt), packed.layout == "nibble", packed.scale_codes_format,
+            packed.fmt, decoder_for(packed.fmt), packed.layout, packed.scale_codes_format,
             packed.scale_dtype, zero_point_shape, packed.zero_point_dtype,
             packed.kind in ("IntQuantTensor", "GroupwiseIntQuantTensor"),
             packed.value_dtype if packed.rounded_dtype is None else packed.rounded_dtype, packed.value_dtype,

@@ -10,13 +10,15 @@ for one fused compiled kernel per call that runs fast:
   tensor metadata, :mod:`quantizers.compile`) every layer with the same format shares one
   configuration: it pays for its compilation after a few forwards of a model, and each weight
   shape then gets its own graph.
-- The codes arrive viewed in ``value_``'s shape (nibble pairs: the last dim halved), so the
-  element index never needs a division by two; the two nibbles of a byte are decoded apart
-  (``codes & 15``, ``codes >> 4``) and interleaved by one ``stack`` that Inductor writes from the
-  same loop. 4-bit formats decode arithmetically (INT4/UINT4 from the two's complement bits, FP4
-  E2M1 by building the float32 bit pattern), which Inductor vectorizes; a gather from the code
-  table (:meth:`NumberFormat.decode`) would not. Each arithmetic decoder is used for a format only
-  after it gave the same bits as ``fmt.decode`` on every code (:func:`decoder_for`).
+- The codes arrive viewed in ``value_``'s shape (the last dim as nibble pairs or FP6 byte
+  triples), so the element index never needs a division; the codes of each position in a byte
+  group are decoded apart (``codes & 15``, ``codes >> 4`` for nibbles) and interleaved by one
+  ``stack`` that Inductor writes from the same loop. Integer formats and float formats without
+  Inf/NaN codes (FP4 E2M1/E1M2, FP6 E2M3/E3M2) of up to 8 bits decode arithmetically (the two's
+  complement bits; the float32 bit pattern built from the code's fields), which Inductor
+  vectorizes; a gather from the code table (:meth:`NumberFormat.decode`, used for the other
+  formats) would not. An arithmetic decoder is used for a format only after it gave the same bits
+  as ``fmt.decode`` on every code (:func:`decoder_for`).
 - ``value_`` is the only full-size tensor written: no unpacked code tensor, no element tensor.
 
 Measured on the 2-core CPU (torch 2.13, a shared machine): a 1536x384 INT4 per-group weight takes
@@ -39,58 +41,90 @@ from .packed import PackedQuantTensor
 TABLE = "table"
 
 
-def _decode_int4(codes: torch.Tensor) -> torch.Tensor:
-    return ((codes.to(torch.int32) ^ 8) - 8).to(torch.float32)
+def _decode_int(codes: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+    """Two's complement ``bits``-bit codes (at most 8) to their integers, as float32."""
+    half = 1 << (fmt.bits - 1)
+    return ((codes.to(torch.int32) ^ half) - half).to(torch.float32)
 
 
-def _decode_uint4(codes: torch.Tensor) -> torch.Tensor:
+def _decode_uint(codes: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
     return codes.to(torch.float32)
 
 
-def _decode_e2m1(codes: torch.Tensor) -> torch.Tensor:
-    """FP4 E2M1 (OCP): the float32 bit pattern of each code, ``-0.0`` for code 8 included."""
+def _decode_float(codes: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
+    """A float format without Inf/NaN codes (FP4 E2M1/E1M2, FP6 E2M3/E3M2): the value of each
+    code from its fields, ``(-1)^s 2^(e - bias) (1 + m / 2^M)`` built as float32 bits, or
+    ``m 2^(1 - bias - M)`` for ``e = 0``; the negative zero code gives ``-0.0``."""
     code = codes.to(torch.int32)
-    exponent, mantissa = (code >> 1) & 3, code & 1
-    normal = ((exponent + 126) << 23) | (mantissa << 22)  # 2^(e-1) * (1 + m/2)
-    magnitude = torch.where(exponent == 0, mantissa * (126 << 23), normal)  # 0 or 0.5
-    return (magnitude | ((code & 8) << 28)).view(torch.float32)
+    m_bits, e_bits = fmt.mantissa_bits, fmt.exponent_bits
+    exponent = (code >> m_bits) & ((1 << e_bits) - 1)
+    mantissa = code & ((1 << m_bits) - 1)
+    normal = (((exponent + (127 - fmt.exponent_bias)) << 23) | (mantissa << (23 - m_bits))).view(torch.float32)
+    subnormal = mantissa.to(torch.float32) * (2.0 ** (1 - fmt.exponent_bias - m_bits))
+    magnitude = torch.where(exponent == 0, subnormal, normal)
+    if not fmt.signed:
+        return magnitude
+    return torch.where(((code >> (e_bits + m_bits)) & 1) == 1, -magnitude, magnitude)
 
 
-_ARITHMETIC: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "int4": _decode_int4, "uint4": _decode_uint4, "e2m1": _decode_e2m1,
+_ARITHMETIC: Dict[str, Callable[[torch.Tensor, NumberFormat], torch.Tensor]] = {
+    "int": _decode_int, "uint": _decode_uint, "float": _decode_float,
 }
 
 
 @functools.lru_cache(maxsize=64)
 def decoder_for(fmt: NumberFormat) -> str:
     """The name of the decoder :func:`dequantize_stored` uses for ``fmt``: an arithmetic one for
-    the 4-bit formats it reproduces bit for bit (``"int4"``, ``"uint4"``, ``"e2m1"``), checked here
-    against ``fmt.decode`` on every code, else ``"table"`` (``fmt.decode`` itself)."""
-    if fmt.bits != 4:
+    the formats of at most 8 bits it reproduces bit for bit (``"int"``, ``"uint"``; ``"float"`` for
+    float formats without Inf/NaN codes), checked here against ``fmt.decode`` on every code
+    (``-0.0`` included), else ``"table"`` (``fmt.decode`` itself)."""
+    if fmt.bits > 8:
         return TABLE
-    if isinstance(fmt, IntFormat):
-        candidate = "int4" if fmt.signed else "uint4"
-    elif isinstance(fmt, FloatFormat) and fmt.exponent_bits == 2 and fmt.mantissa_bits == 1:
-        candidate = "e2m1"
+    if type(fmt) is IntFormat:
+        candidate = "int" if fmt.signed else "uint"
+    elif type(fmt) is FloatFormat and fmt.special == "none" and fmt.mantissa_bits <= 23:
+        candidate = "float"
     else:
         return TABLE
-    codes = torch.arange(16, dtype=torch.uint8)
-    expected = fmt.decode(codes).to(torch.float32)
-    got = _ARITHMETIC[candidate](codes)
-    same = torch.equal(got.view(torch.int32), expected.view(torch.int32))
+    codes = torch.arange(2 ** fmt.bits, dtype=torch.int32).to(torch.uint8)
+    try:
+        expected = fmt.decode(codes).to(torch.float32)
+        got = _ARITHMETIC[candidate](codes, fmt)
+    except (ValueError, RuntimeError, OverflowError):  # a field the float32 bit pattern cannot hold
+        return TABLE
+    same = got.dtype == torch.float32 and torch.equal(got.view(torch.int32), expected.view(torch.int32))
     return candidate if same else TABLE
 
 
+#: How many codes each layout stores per group of bytes, and in how many bytes.
+_GROUPS = {"byte": (1, 1), "nibble": (2, 1), "six_bit": (4, 3)}
+
+
 def stored_shape(packed: PackedQuantTensor) -> Optional[Tuple[int, ...]]:
-    """The shape :func:`dequantize_stored` takes ``packed``'s codes in (``value_shape`` with the
-    last dim halved for nibble pairs), or ``None`` where it does not apply: layouts other than one
-    code per byte or two per byte, and nibble pairs that straddle rows (an odd last dim)."""
+    """The shape :func:`dequantize_stored` takes ``packed``'s codes in: ``value_shape``, with the
+    last dim ``n`` as ``n / 2`` nibble pairs or ``(n / 4, 3)`` FP6 byte triples; ``None`` where it
+    does not apply (16/32-bit codes, and codes of a group that would straddle rows: ``n`` not a
+    multiple of 2 or 4)."""
     shape = tuple(packed.value_shape)
-    if packed.layout == "byte":
-        return shape
-    if packed.layout == "nibble" and shape and shape[-1] % 2 == 0:
-        return shape[:-1] + (shape[-1] // 2,)
-    return None
+    if packed.layout not in _GROUPS or not shape:
+        return None
+    codes, size = _GROUPS[packed.layout]
+    if shape[-1] % codes:
+        return None
+    if packed.layout == "six_bit":
+        return shape[:-1] + (shape[-1] // codes, size)
+    return shape[:-1] + (shape[-1] // codes,)
+
+
+def _split_codes(codes: torch.Tensor, layout: str) -> Tuple[torch.Tensor, ...]:
+    """The codes of each position in a byte group, each in the group's shape (see
+    :mod:`quantizers.formats.packing`: little-endian bit streams, the first code in the low bits)."""
+    if layout == "nibble":
+        return codes & 15, codes >> 4
+    if layout == "six_bit":
+        b0, b1, b2 = codes[..., 0], codes[..., 1], codes[..., 2]
+        return b0 & 63, (b0 >> 6) | ((b1 & 15) << 2), (b1 >> 4) | ((b2 & 3) << 4), b2 >> 2
+    return (codes,)
 
 
 def dequantize_stored(
@@ -100,7 +134,7 @@ def dequantize_stored(
     outer_scale: Optional[torch.Tensor],
     fmt: NumberFormat,
     decoder: str,
-    nibbles: bool,
+    layout: str,
     scale_codes_format: Optional[NumberFormat],
     scale_dtype: torch.dtype,
     zero_point_shape: Tuple[int, ...],
@@ -112,8 +146,8 @@ def dequantize_stored(
     """``(value_, scale_, zero_point_)`` from stored tensors, bit for bit
     :func:`~quantizers.tensor.packed.dequantize_fields` of the same packed tensor.
 
-    ``codes``: ``uint8`` (or ``int8``) codes in :func:`stored_shape` (``nibbles``: two codes a byte,
-    element ``2i`` in the low nibble); ``scale``: float scales or, with ``scale_codes_format``, their
+    ``codes``: the stored ``uint8`` (or ``int8``) codes in :func:`stored_shape`, ``layout`` the
+    packed layout (``"byte"``, ``"nibble"``, ``"six_bit"``); ``scale``: float scales or, with ``scale_codes_format``, their
     one-byte codes as ``uint8``; ``decoder``: :func:`decoder_for` of ``fmt``; ``integer``: an integer
     kind (the zero point is subtracted); ``rounded``: the dtype ``value_`` is rounded to before it
     is stored as ``value_dtype``. Plain tensor code, no checks (the caller validated the packed
@@ -133,26 +167,26 @@ def dequantize_stored(
         subtrahend = zero_point.to(work) if integer else None
 
     def values(element_codes: torch.Tensor, scale_eff: torch.Tensor, subtrahend: Optional[torch.Tensor]) -> torch.Tensor:
-        elements = (_ARITHMETIC[decoder](element_codes) if finite else fmt.decode(element_codes)).to(work)
+        elements = (_ARITHMETIC[decoder](element_codes, fmt) if finite else fmt.decode(element_codes)).to(work)
         if subtrahend is not None:
             elements = elements - subtrahend
         value_ = saturate_product(elements * scale_eff, None if finite else elements, rounded)
         return value_.to(rounded).to(value_dtype)
 
-    if not nibbles:
+    parts = _split_codes(codes, layout)
+    if len(parts) == 1:
         return values(codes, scale_eff, subtrahend), scale_, zero_point_
-    # Decode the low and the high nibbles apart and interleave the values: one vectorized loop over
-    # the bytes. A scale or zero point that varies along the last dim is split the same way.
-    low, high = [
-        values(codes & 15 if half == 0 else codes >> 4, _half(scale_eff, half), _half(subtrahend, half))
-        for half in (0, 1)
-    ]
-    return torch.stack((low, high), -1).flatten(-2), scale_, zero_point_
+    # Decode the codes of each position in a byte group apart (low nibbles, high nibbles) and
+    # interleave the values: one vectorized loop over the bytes. A scale or zero point that
+    # varies along the last dim is split the same way.
+    n = len(parts)
+    decoded = [values(part, _part(scale_eff, k, n), _part(subtrahend, k, n)) for k, part in enumerate(parts)]
+    return torch.stack(decoded, -1).flatten(-2), scale_, zero_point_
 
 
-def _half(t: Optional[torch.Tensor], half: int) -> Optional[torch.Tensor]:
-    """The entries of ``t`` (broadcast against ``value_``) that go with the low (``half=0``: even
-    positions of the last dim) or high nibbles; ``t`` itself where its last dim broadcasts."""
+def _part(t: Optional[torch.Tensor], k: int, n: int) -> Optional[torch.Tensor]:
+    """The entries of ``t`` (broadcast against ``value_``) that go with the ``k``-th code of each
+    group of ``n`` along the last dim; ``t`` itself where its last dim broadcasts."""
     if t is None or t.dim() == 0 or t.shape[-1] == 1:
         return t
-    return t[..., half::2]
+    return t[..., k::n]
