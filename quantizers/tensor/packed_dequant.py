@@ -173,15 +173,31 @@ def dequantize_stored(
         value_ = saturate_product(elements * scale_eff, None if finite else elements, rounded)
         return value_.to(rounded).to(value_dtype)
 
+    # Short groups (NVFP4: 8 bytes, less than one 16-byte vector) in one run: with the scale and
+    # zero point constant along the last dim, the last two dims merge and the scale is read per
+    # byte, so the vector loop is not left half empty (3x faster for NVFP4 on this CPU; longer
+    # groups measured the same or 10% slower merged, so they keep their shape).
+    lead = codes.shape[:-1] if layout == "six_bit" else codes.shape  # (..., groups, bytes per group)
+    shape = lead[:-1] + (lead[-1] * _GROUPS[layout][0],)  # value_'s
+    merge = len(lead) >= 2 and lead[-1] < _SHORT_GROUP_BYTES and all(
+        t is None or t.dim() == 0 or t.shape[-1] == 1 for t in (scale_eff, subtrahend))
+    if merge:
+        codes = codes.flatten(-3, -2) if layout == "six_bit" else codes.flatten(-2)
+        scale_eff, subtrahend = [t if t is None or t.dim() == 0 else t.expand(lead).flatten(-2) for t in (scale_eff, subtrahend)]
     parts = _split_codes(codes, layout)
-    if len(parts) == 1:
-        return values(codes, scale_eff, subtrahend), scale_, zero_point_
+    n = len(parts)
     # Decode the codes of each position in a byte group apart (low nibbles, high nibbles) and
     # interleave the values: one vectorized loop over the bytes. A scale or zero point that
     # varies along the last dim is split the same way.
-    n = len(parts)
-    decoded = [values(part, _part(scale_eff, k, n), _part(subtrahend, k, n)) for k, part in enumerate(parts)]
-    return torch.stack(decoded, -1).flatten(-2), scale_, zero_point_
+    if merge:  # scale and zero point per byte group: the same for every code of a group
+        decoded = [values(part, scale_eff, subtrahend) for part in parts]
+    else:
+        decoded = [values(part, _part(scale_eff, k, n), _part(subtrahend, k, n)) for k, part in enumerate(parts)]
+    value_ = decoded[0] if n == 1 else torch.stack(decoded, -1).flatten(-2)
+    return value_.reshape(shape), scale_, zero_point_
+
+
+_SHORT_GROUP_BYTES = 16
 
 
 def _part(t: Optional[torch.Tensor], k: int, n: int) -> Optional[torch.Tensor]:
