@@ -35,6 +35,8 @@ FORMATS = {
     "int4": {"weights": "Int4WeightPerGroupFloat"},
 }
 TOKENS = (8, 128)
+#: Every Linear and Embedding weight (embedding tables are not a default target of quantize_model).
+TARGETS = ["Linear", "Embedding"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,7 +50,7 @@ def _minilm():
 
 
 def _frozen(fmt: str) -> torch.nn.Module:
-    config = dict(FORMATS[fmt], functional_adds=False)
+    config = dict(FORMATS[fmt], functional_adds=False, targets=TARGETS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return qlayers.freeze(qlayers.quantize_model(_minilm(), config)).eval()
@@ -89,7 +91,7 @@ def _io_builder(what: str):
     def build(ctx: Context) -> Dict[str, Any]:
         from safetensors.torch import load_file, save_file
 
-        config = dict(FORMATS["mxfp4"], functional_adds=False)
+        config = dict(FORMATS["mxfp4"], functional_adds=False, targets=TARGETS)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantized = qlayers.quantize_model(_minilm(), config).eval()

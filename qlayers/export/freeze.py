@@ -121,8 +121,12 @@ class PackedWeight(nn.Module):
         scale = take(self.scale)
         if meta.scale_codes_format is not None:
             scale = _as_bytes(scale)
-        value_, _, _ = dequantize_fields(gathered, _as_bytes(codes).reshape(-1) if meta.layout in ("nibble", "six_bit") else _as_bytes(codes),
-                                         scale, take(self.zero_point), self.outer_scale)
+        if self._static is not None:  # the fused kernel's arithmetic, eager (the row count varies)
+            codes = _as_bytes(codes).reshape((flat.numel(),) + tuple(self._codes_shape[1:]))
+            value_, _, _ = dequantize_stored(codes, scale, take(self.zero_point), self.outer_scale, *self._static)
+        else:
+            value_, _, _ = dequantize_fields(gathered, _as_bytes(codes).reshape(-1) if meta.layout in ("nibble", "six_bit") else _as_bytes(codes),
+                                             scale, take(self.zero_point), self.outer_scale)
         return value_.reshape(*indices.shape, shape[-1] if len(shape) == 2 else per_row)
 
     @property
