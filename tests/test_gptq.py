@@ -103,7 +103,7 @@ def test_gptq_weight_is_a_fixed_point_for_every_format_and_scale_rule(name):
 
 
 def _output_error(x, w, q):
-    return float((x.double() @ (q.double() - w.detach().double()).T).pow(2).sum())
+    return float((x.double() @ (q.double() - w.double()).T).pow(2).sum().detach())
 
 
 @pytest.mark.parametrize("name", ["int4_channel", "int3_g16_asym", "mxfp4_floor", "nvfp4", "fp4_e2m1_channel", "fp8_tiles"])
