@@ -58,7 +58,6 @@ from quantizers.formats import FloatFormat, IntFormat, get_format
 from quantizers.formats.packing import pack_fp4
 from quantizers.scaling.scalers import FloatScaler, IntScaler
 from quantizers.tensor.packed import PackedQuantTensor, element_codes
-from quantizers.tensor_quantizer import widen_statistic
 
 from ..embedding import QuantEmbedding
 from ..linear import QuantLinear
@@ -66,7 +65,7 @@ from ..quant_layer import QuantLayer
 from .checkpoint import SizeReport, _is_packed_key, _safetensors, _write, size_report
 from .freeze import is_frozen, pack_weight
 from .manifest import CheckpointError
-from .onnx_acts import is_dynamic
+from .onnx_acts import is_dynamic, static_scales
 from .onnx_types import ExportError
 
 TARGET = "compressed-tensors"
@@ -266,13 +265,7 @@ def _input_activations(name: str, module: QuantLayer) -> Tuple[Optional[Dict[str
         return {"num_bits": 8, "type": "float", "symmetric": True, "strategy": kind, "dynamic": True}, {}
     if kind != "tensor":
         raise _unsupported(name, f"static {described}")
-    with torch.no_grad():
-        training = quantizer.training
-        quantizer.eval()  # a static range is read, never updated
-        try:
-            scales = quantizer.scaler(widen_statistic(quantizer.range_for(torch.zeros(1)), torch.float32))
-        finally:
-            quantizer.train(training)
+    scales = static_scales(quantizer, torch.zeros(1))
     if scales.offset is not None or not bool(torch.isfinite(scales.scale).all()):
         raise _unsupported(name, f"{described} with the MINVAL formulation or a non-finite scale")
     scale = scales.scale.detach().float().reshape(1)

@@ -28,7 +28,7 @@ from torch import nn
 from quantizers import TensorQuantizer
 from quantizers.formats import IntFormat
 from quantizers.scaling.block_scales import E8M0_MAX_EXPONENT, E8M0_MIN_EXPONENT, element_emax
-from quantizers.scaling.scalers import FloatScaler, IntScaler, MXScaler, UnitScaler
+from quantizers.scaling.scalers import FloatScaler, IntScaler, MXScaler, Scales, UnitScaler
 from quantizers.tensor_quantizer import RangeSource, widen_statistic
 
 from . import onnx_ops
@@ -84,8 +84,7 @@ class OnnxQuantizeDequantize(nn.Module):
             self.register_buffer("zero_point", None)
             return
         else:
-            with torch.no_grad():
-                scales = quantizer.scaler(widen_statistic(quantizer.range_for(sample), torch.float32))
+            scales = static_scales(quantizer, sample)
             if scales.offset is not None:
                 raise ExportError(f"{where}: the MINVAL formulation (a float offset) has no ONNX QuantizeLinear form; use the ZP formulation")
             scale, zero_point = scales.scale, scales.zero_point
@@ -130,6 +129,19 @@ class OnnxQuantizeDequantize(nn.Module):
     def describe(self) -> str:
         kind = "dynamic" if self.dynamic is not None else "static"
         return f"{self.format_name} activations, {kind} scale, QuantizeLinear -> DequantizeLinear"
+
+
+def static_scales(quantizer: TensorQuantizer, sample: torch.Tensor) -> Scales:
+    """The scales a static activation quantizer (calibrated observer, frozen, learned or fixed
+    range: not :func:`is_dynamic`) applies, read in eval mode so no observer is updated; ``sample``
+    only gives the layout (static ranges do not depend on its values)."""
+    training = quantizer.training
+    quantizer.eval()
+    try:
+        with torch.no_grad():
+            return quantizer.scaler(widen_statistic(quantizer.range_for(sample), torch.float32))
+    finally:
+        quantizer.train(training)
 
 
 def is_dynamic(quantizer: TensorQuantizer, where: str) -> bool:

@@ -100,6 +100,8 @@ def decoder_for(fmt: NumberFormat) -> str:
 
 #: How many codes each layout stores per group of bytes, and in how many bytes.
 _GROUPS = {"byte": (1, 1), "nibble": (2, 1), "six_bit": (4, 3)}
+#: Byte groups shorter than one 16-byte vector run merged into rows (see :func:`dequantize_stored`).
+_SHORT_GROUP_BYTES = 16
 
 
 def stored_shape(packed: PackedQuantTensor) -> Optional[Tuple[int, ...]]:
@@ -198,8 +200,6 @@ def dequantize_stored(
     value_ = decoded[0] if n == 1 else torch.stack(decoded, -1).flatten(-2)
     return value_.reshape(shape), scale_, zero_point_
 
-
-_SHORT_GROUP_BYTES = 16
 
 
 def _part(t: Optional[torch.Tensor], k: int, n: int) -> Optional[torch.Tensor]:
