@@ -4,7 +4,9 @@
 Every contender runs under ``torch.no_grad()`` in eval mode (inference). Static input quantizers
 are calibrated first with a few training-mode forwards on other batches; dynamic ones (MX) need
 none. qzoo serves the quantized weight from its eval-mode cache; Brevitas recomputes it every call
-(its default).
+(its default). Cases named ``cache=inference_mode`` run both libraries inside their
+``quant_inference_mode`` (``cache_quant_weight=True``): quantized weights cached, no per-forward
+check (qzoo checks once on leaving the context).
 
 Baseline ``float_read`` (informational, default cache only): the float layer plus one plain read of
 its float weight (``weight.sum()``), the least any cache costs that sees every write by reading the
@@ -25,17 +27,19 @@ from .cases import BREVITAS, Case, Compare, Context, randn
 
 CALIBRATION_BATCHES = 4
 
-# (weight quantizer, input quantizer or None, target ratio to the float layer, sections in --quick,
-#  the layer's cache_checks_values: "checksum" is the default, "none" the trusted cache without the
-#  per-forward read of the weight; see qlayers.weight_cache)
-CONFIGS: Tuple[Tuple[str, Optional[str], float, Tuple[str, ...], str], ...] = (
-    ("Int8WeightPerChannelFloat", None, 1.10, ("eval_linear", "eval_conv"), "checksum"),
-    ("Fp8e4m3OCPWeightPerTensorFloat", None, 1.10, (), "checksum"),
-    ("MXFloat4e2m1Weight", None, 1.10, (), "checksum"),
-    ("NVFloat4e2m1Weight", None, 1.10, (), "checksum"),
-    ("Int4WeightPerGroupFloat", None, 1.10, (), "checksum"),
-    ("Fp8e4m3OCPWeightPerTensorFloat", "Fp8e4m3OCPActPerTensorFloat", 1.5, ("eval_linear", "eval_conv"), "checksum"),
-    ("MXFloat8e4m3Weight", "MXFloat8e4m3Act", 2.0, ("eval_linear",), "checksum"),
+WEIGHT_ONLY = ("Int8WeightPerChannelFloat", "Fp8e4m3OCPWeightPerTensorFloat", "MXFloat4e2m1Weight", "NVFloat4e2m1Weight", "Int4WeightPerGroupFloat")
+WEIGHT_AND_INPUT = (("Fp8e4m3OCPWeightPerTensorFloat", "Fp8e4m3OCPActPerTensorFloat", 1.5), ("MXFloat8e4m3Weight", "MXFloat8e4m3Act", 2.0))
+
+# (weight quantizer, input quantizer or None, target ratio to the float layer or None, sections in
+#  --quick, how the eval cache checks the weight): "checksum" is the default (a read of the whole
+#  weight per forward, informational: its floor is the ``float_read`` baseline), "none" the trusted
+#  cache without that read, "inference_mode" the layer inside qlayers.quant_inference_mode (checked
+#  once on exit); see qlayers.weight_cache.
+CONFIGS: Tuple[Tuple[str, Optional[str], Optional[float], Tuple[str, ...], str], ...] = (
+    *((w, None, None, ("eval_linear", "eval_conv") if w.startswith("Int8") else (), "checksum") for w in WEIGHT_ONLY),
+    *((w, a, None, ("eval_linear", "eval_conv") if w.startswith("Fp8") else ("eval_linear",), "checksum") for w, a, _ in WEIGHT_AND_INPUT),
+    *((w, None, 1.10, ("eval_linear",) if w.startswith("Int8") else (), "inference_mode") for w in WEIGHT_ONLY),
+    *((w, a, target, ("eval_linear",) if w.startswith("Fp8") else (), "inference_mode") for w, a, target in WEIGHT_AND_INPUT),
     ("Int8WeightPerChannelFloat", None, 1.10, (), "none"),
     ("Fp8e4m3OCPWeightPerTensorFloat", "Fp8e4m3OCPActPerTensorFloat", 1.5, (), "none"),
 )
@@ -55,12 +59,21 @@ def float_module(factory: Callable[[], nn.Module], device: torch.device) -> nn.M
 
 
 def qzoo_twin(module: nn.Module, weight: str, act: Optional[str], cache: str = "checksum") -> nn.Module:
-    """The qlayers twin of ``module`` with the named qzoo quantizers and eval-cache check."""
+    """The qlayers twin of ``module`` with the named qzoo quantizers and eval-cache check
+    (``"inference_mode"``: the default check, the layer then enters ``quant_inference_mode``)."""
     layer_class = qlayers.QuantLinear if isinstance(module, nn.Linear) else qlayers.QuantConv2d
     layer = layer_class.from_float(
         module, weight_quant=getattr(quantizers, weight), input_quant=getattr(quantizers, act) if act else None
     )
-    layer.cache_checks_values = cache
+    if cache != "inference_mode":
+        layer.cache_checks_values = cache
+    return layer
+
+
+def in_inference_mode(layer: nn.Module) -> nn.Module:
+    """``layer`` inside ``qlayers.quant_inference_mode``, held open for the whole measurement (the
+    layer is dropped with its case, so the context is never left)."""
+    qlayers.quant_inference_mode(layer).__enter__()
     return layer
 
 
@@ -102,6 +115,17 @@ def inference(layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return forward
 
 
+def brevitas_inference_mode(layer: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Brevitas's ``layer`` inside its own ``quant_inference_mode(cache_quant_weight=True)``, held
+    open like :func:`in_inference_mode`; its first forward there fills Brevitas's caches."""
+    from brevitas.export.inference import quant_inference_mode
+
+    quant_inference_mode(layer, cache_quant_weight=True).__enter__()
+    with torch.no_grad():
+        layer(x)
+    return layer
+
+
 class _ReadsWeight(nn.Module):
     """``module(x)`` plus one plain read of ``module.weight`` (the baseline ``float_read``)."""
 
@@ -120,15 +144,17 @@ def _builder(kind: tuple, weight: str, act: Optional[str], cache: str) -> Callab
     def build(ctx: Context) -> Dict[str, Any]:
         module = float_module(factory, ctx.device).eval()
         x = randn(*input_shape, device=ctx.device)
+        layer = calibrate(qzoo_twin(module, weight, act, cache), input_shape, ctx.device)
         fns = {
-            "qzoo": inference(calibrate(qzoo_twin(module, weight, act, cache), input_shape, ctx.device), x),
+            "qzoo": inference(in_inference_mode(layer) if cache == "inference_mode" else layer, x),
             "float": inference(module, x),
         }
-        if cache != "none":
+        if cache == "checksum":
             fns["float_read"] = inference(_ReadsWeight(module), x)
         twin = brevitas_twin(module, weight, act) if ctx.brevitas else None
         if twin is not None:
-            fns[BREVITAS] = inference(calibrate(twin, input_shape, ctx.device), x)
+            twin = calibrate(twin, input_shape, ctx.device)
+            fns[BREVITAS] = inference(brevitas_inference_mode(twin, x) if cache == "inference_mode" else twin, x)
         return fns
 
     return build
@@ -143,7 +169,7 @@ def cases() -> List[Case]:
                 section=section,
                 name=config_name(weight, act, cache),
                 build=_builder(kind, weight, act, cache),
-                compares=(Compare("float", target), Compare(BREVITAS)) + ((Compare("float_read"),) if cache != "none" else ()),
+                compares=(Compare("float", target), Compare(BREVITAS)) + ((Compare("float_read"),) if cache == "checksum" else ()),
                 quick=section in quick,
                 meta={"layer": description, "weight_quant": weight, "input_quant": act, "cache_checks_values": cache},
             ))

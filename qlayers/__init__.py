@@ -65,9 +65,10 @@ __all__ = [
 
 from . import compat, ptq
 from .export import ExportError, export_onnx, freeze, load_packed, save_packed
-from .model import calibrate, calibration_mode, load_config, quantization_disabled, quantize_model, summary
+from .model import calibrate, calibration_mode, load_config, quant_inference_mode, quantization_disabled, quantize_model, summary
 
 __all__ += ["quantize_model", "load_config", "calibrate", "calibration_mode", "quantization_disabled", "summary", "compat", "ptq", "export_onnx", "ExportError"]
+__all__ += ["quant_inference_mode"]
 
 from . import evaluate, transforms
 from .transforms import rotate

@@ -73,6 +73,11 @@ from quantizers import QuantTensor
 from quantizers.compile import compiled
 
 CHECK_VALUES = ("checksum", "full", "none")
+#: The check inside :class:`qlayers.quant_inference_mode` (``cache_quant_weight=True``): hits are
+#: served as with ``"none"``; the entry keeps the weight's checksum, and the bits of the quantizer's
+#: tensors, so that leaving the mode can tell whether a write torch does not see happened.
+INFERENCE = "inference"
+_TRUSTED = ("none", INFERENCE)  # hits served without reading any values
 
 
 class WeightCache:
@@ -105,7 +110,7 @@ class WeightCache:
         ``compute()`` (then cached). ``extra`` is any further key of the caller (compared with ``==``).
         The entry is replaced as one object, so threads sharing a layer never see half of one."""
         check = self.check_values
-        if check not in CHECK_VALUES:
+        if check not in CHECK_VALUES and check != INFERENCE:
             raise ValueError(f"cache_checks_values={check!r} is not allowed; allowed values: {', '.join(CHECK_VALUES)}")
         if weight.device.type == "meta":
             return compute()
@@ -114,7 +119,7 @@ class WeightCache:
             key = _weight_key(weight, extra, check)
             if entry is not None and entry.matches(weight, quantizer, key, check):
                 return entry.value
-            state = _ModuleState(quantizer, with_values=check != "none")
+            state = _ModuleState(quantizer, with_values=check != "none")  # INFERENCE keeps them for leave_inference
         except RuntimeError:  # an inference tensor outside inference mode has no version counter
             self.clear()
             return compute()
@@ -122,6 +127,32 @@ class WeightCache:
         value = compute()
         self._entry = _Entry(value, weakref.ref(weight), key, state, check, _snapshot(weight, check))
         return value
+
+    def leave_inference(self, weight: Optional[torch.Tensor], quantizer: Optional[nn.Module], check: str) -> bool:
+        """End an :data:`INFERENCE` entry (leaving :class:`qlayers.quant_inference_mode`): ``False``
+        when ``weight`` (or the quantizer's tensors) hold other bytes than the entry was computed
+        from although torch recorded no change, i.e. forwards may have used a stale weight.
+
+        A verified entry is kept under ``check`` (the layer's own ``cache_checks_values``; its
+        checksum is the one a ``"checksum"`` entry keeps), so the next forward need not recompute;
+        otherwise it is forgotten."""
+        entry = self._entry
+        if entry is None or entry.check != INFERENCE:
+            return True
+        self.clear()
+        if weight is None or quantizer is None or entry.weight_ref() is not weight:
+            return True  # a new weight tensor or quantizer: the entry was never served for it
+        extra = entry.key[-1]
+        try:
+            if _weight_key(weight, extra, INFERENCE) != entry.key or not entry.quantizer.matches(quantizer, values=False):
+                return True  # torch saw the change: the entry is not served again
+        except RuntimeError:
+            return True
+        if weight_checksum(weight) != entry.snapshot or not entry.quantizer.matches(quantizer):
+            return False
+        if check in ("checksum", "none"):
+            self._entry = entry._replace(key=_weight_key(weight, extra, check), check=check)
+        return True
 
 
 class _Entry(NamedTuple):
@@ -137,7 +168,7 @@ class _Entry(NamedTuple):
     def matches(self, weight: torch.Tensor, quantizer: nn.Module, key: Tuple[Any, ...], check: str) -> bool:
         if self.weight_ref() is not weight or check != self.check or key != self.key:
             return False
-        return self.quantizer.matches(quantizer) and _unchanged(weight, check, self.snapshot)
+        return self.quantizer.matches(quantizer, values=check != INFERENCE) and _unchanged(weight, check, self.snapshot)
 
 
 # ---- the key: identity, version, layout, mode -----------------------------------------------------
@@ -152,7 +183,7 @@ def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: A
 
 def optimizer_steps() -> int:
     """Optimizer steps taken since the cache first needed to know (any ``torch.optim`` optimizer,
-    fused or not): ``check_values="none"`` keys on this count."""
+    fused or not): ``check_values="none"`` (and :data:`INFERENCE`) keys on this count."""
     global _optimizer_hook
     if _optimizer_hook is None:
         _optimizer_hook = register_optimizer_step_post_hook(_count_optimizer_step)
@@ -160,7 +191,7 @@ def optimizer_steps() -> int:
 
 
 def _weight_key(weight: torch.Tensor, extra: Any, check: str) -> Tuple[Any, ...]:
-    steps = optimizer_steps() if check == "none" else None
+    steps = optimizer_steps() if check in _TRUSTED else None
     return (
         weight._version, weight.data_ptr(), weight.shape, weight.stride(), weight.dtype, weight.device,
         torch.is_inference_mode_enabled(), steps, extra,
@@ -177,7 +208,8 @@ class _ModuleState:
         self.signature, self.tensors = _signature(self.modules)
         self.bits = [_bits(t).clone() for t in self.tensors] if with_values else None
 
-    def matches(self, module: nn.Module) -> bool:
+    def matches(self, module: nn.Module, values: bool = True) -> bool:
+        """Whether ``module`` is the same tree in the same state; ``values=False`` skips the bits."""
         modules = list(module.modules())
         if len(modules) != len(self.modules) or any(a is not b for a, b in zip(modules, self.modules)):
             return False
@@ -189,7 +221,7 @@ class _ModuleState:
             return False
         if any(a is not b for a, b in zip(tensors, self.tensors)):
             return False
-        return self.bits is None or all(_same_bits(t, b) for t, b in zip(tensors, self.bits))
+        return not values or self.bits is None or all(_same_bits(t, b) for t, b in zip(tensors, self.bits))
 
 
 _MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"training"}  # hooks, _parameters, _buffers, ...
@@ -214,14 +246,15 @@ def _signature(modules: List[nn.Module]) -> Tuple[Tuple[Any, ...], List[torch.Te
 
 # ---- the values ------------------------------------------------------------------------------------
 def _snapshot(weight: torch.Tensor, check: str) -> Any:
-    """What ``check`` keeps of the weight's values: nothing, a copy of its bits or its checksum."""
+    """What ``check`` keeps of the weight's values: nothing, a copy of its bits or its checksum
+    (:data:`INFERENCE` too, for :meth:`WeightCache.leave_inference`)."""
     if check == "none":
         return None
     return _bits(weight).clone() if check == "full" else weight_checksum(weight)
 
 
 def _unchanged(weight: torch.Tensor, check: str, snapshot: Any) -> bool:
-    if check == "none":
+    if check in _TRUSTED:
         return True
     return _same_bits(weight, snapshot) if check == "full" else weight_checksum(weight) == snapshot
 

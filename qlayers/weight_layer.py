@@ -13,7 +13,7 @@ from quantizers.compile import is_tracing
 from .bias import BiasQuantizer, accumulator_scales
 from .quant_layer import MaybeQuant, QuantLayer, dequantize
 from .quant_args import Layout, QuantizerSpec
-from .weight_cache import WeightCache
+from .weight_cache import INFERENCE, WeightCache
 
 
 class QuantWeightLayer(QuantLayer):
@@ -41,6 +41,7 @@ class QuantWeightLayer(QuantLayer):
     act_layout: ClassVar[Layout] = {"channel_axis": -1, "group_dim": -1}
     cache_quant_weight: bool = True
     cache_checks_values: str = "checksum"
+    _quant_inference_cache: bool = False  # True inside qlayers.quant_inference_mode(cache_quant_weight=True)
     eval_rounding_seed: int = 0
 
     def _init_weight_quantizers(
@@ -96,15 +97,16 @@ class QuantWeightLayer(QuantLayer):
         if quantizer is None:
             return None
         generator = self._eval_generator(quantizer, weight)
+        inference = self._quant_inference_cache  # set by qlayers.quant_inference_mode(cache_quant_weight=True)
         if (
             self.training
-            or not self.cache_quant_weight
+            or not (self.cache_quant_weight or inference)
             or is_tracing()
             or (weight.requires_grad and torch.is_grad_enabled())
             or weight is not self._parameters.get("weight")  # parametrized: a new tensor per access
         ):
             return _run(quantizer, weight, generator)
-        self._weight_cache.check_values = self.cache_checks_values
+        self._weight_cache.check_values = INFERENCE if inference else self.cache_checks_values
         compute = lambda: _run(quantizer, weight, generator)  # noqa: E731
         cached = self._weight_cache.get(weight, quantizer, compute, extra=self.eval_rounding_seed)
         return cached.clone() if copy else cached

@@ -91,6 +91,12 @@ def set_compile_enabled(enabled: Optional[bool]) -> None:
     _enabled = enabled
 
 
+def compile_setting() -> Optional[bool]:
+    """What :func:`set_compile_enabled` last set (``None``: deferring to ``QZOO_COMPILE``), so a
+    caller that changes it can restore it."""
+    return _enabled
+
+
 def compile_policy() -> str:
     """``"off"``, ``"auto"`` or ``"on"``: :func:`set_compile_enabled`, else ``QZOO_COMPILE``."""
     if _enabled is not None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import types
 
 import pytest
@@ -246,6 +247,23 @@ def test_auto_compiles_in_the_background_and_then_serves_compiled_graphs(dynamo_
         kernel(x, config)
         kernel(x, config)
     assert qcompile.wait_for_compiles(timeout=120)
+    assert list(kernel.kernel._states.values()) == [qcompile._State.READY] * 2
+
+
+def test_the_compile_thread_exits_when_idle_and_restarts_for_the_next_job(dynamo_eager, policy, pays_at_once):
+    """An idle thread that ran compiled kernels keeps an OpenMP team alive, which throttles the
+    caller's kernels (see BackgroundCompiler): the worker must not outlive its queue."""
+    policy("auto")
+    kernel = qcompile.compiled(fresh(round_to_step))
+    for name in ("floor", "ceil"):
+        submitted = qcompile.background_compiles()
+        kernel(torch.randn(16), Config(name))
+        assert qcompile.background_compiles() == submitted + 1
+        assert qcompile.wait_for_compiles(timeout=120)
+        deadline = time.monotonic() + 30
+        while any(t.name == "qzoo-compile" for t in threading.enumerate()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not any(t.name == "qzoo-compile" for t in threading.enumerate())
     assert list(kernel.kernel._states.values()) == [qcompile._State.READY] * 2
 
 

@@ -7,7 +7,8 @@ quantization (QAT) and describe the result.
 - :func:`quantization_disabled`, :func:`disable_quantization`, :func:`enable_quantization`
   (:mod:`~qlayers.model.qat`); learned ranges through ``learned_scale`` in the config
   (:mod:`~qlayers.model.control`, range source ``LEARNED`` of :class:`~quantizers.TensorQuantizer`);
-- :func:`summary` (:mod:`~qlayers.model.summary`).
+- :func:`summary` (:mod:`~qlayers.model.summary`);
+- :class:`quant_inference_mode` (:mod:`~qlayers.model.inference`), Brevitas's context for fast inference.
 """
 from .calibrate import (
     CalibrationReport,
@@ -21,6 +22,7 @@ from .calibrate import (
 )
 from .config import QuantConfig, load_config, validate_config
 from .convert import quantize_model
+from .inference import quant_inference_mode
 from .qat import disable_quantization, enable_quantization, quantization_disabled
 from .spec import spec_to_quantizer
 from .summary import ModelSummary, summary
@@ -30,5 +32,5 @@ __all__ = [
     "calibrate", "calibration_mode", "start_calibration", "finish_calibration", "freeze_observers",
     "unfreeze_observers", "range_report", "CalibrationReport",
     "quantization_disabled", "disable_quantization", "enable_quantization",
-    "summary", "ModelSummary",
+    "summary", "ModelSummary", "quant_inference_mode",
 ]

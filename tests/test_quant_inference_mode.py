@@ -1,0 +1,299 @@
+"""``qlayers.quant_inference_mode``: Brevitas's context for fast inference serves each quantized
+weight without reading the float weight per forward, gives the default cache's numbers bit for bit,
+still sees every write torch records, and on exit reports the writes torch does not record.
+
+The oracle is the layer's output with the weight quantized afresh (``cache_quant_weight = False``)."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import qlayers
+import quantizers as qz
+from qlayers import QuantConv2d, QuantLinear, quant_inference_mode
+from qlayers import weight_cache
+from quantizers import compile as qcompile
+
+X = torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
+
+
+def uncached(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    twin = copy.deepcopy(layer)
+    twin.cache_quant_weight = False
+    with torch.no_grad():
+        return twin(x)
+
+
+def counting(layer: nn.Module) -> list:
+    calls = []
+    layer.weight_quant.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def counting_checksums(monkeypatch) -> list:
+    calls = []
+    real = weight_cache.weight_checksum
+
+    def spy(weight):
+        calls.append(1)
+        return real(weight)
+
+    monkeypatch.setattr(weight_cache, "weight_checksum", spy)
+    return calls
+
+
+def model(weight_quant=qz.Int8WeightPerChannelFloat, input_quant=None) -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        QuantLinear(64, 32, weight_quant=weight_quant, input_quant=input_quant), nn.ReLU(),
+        QuantLinear(32, 16, weight_quant=weight_quant, input_quant=input_quant),
+    )
+    if input_quant is not None and net[0].input_quant.is_static:
+        with torch.no_grad(), qlayers.calibration_mode(net):
+            net(torch.randn(8, 64))
+    return net.eval()
+
+
+@pytest.mark.parametrize("weight_quant, input_quant", [
+    (qz.Int8WeightPerChannelFloat, None),
+    (qz.Fp8e4m3OCPWeightPerTensorFloat, qz.Fp8e4m3OCPActPerTensorFloat),
+    (qz.MXFloat4e2m1Weight, qz.MXFloat8e4m3Act),
+    (qz.NVFloat4e2m1Weight, None),
+    (qz.Int4WeightPerGroupFloat, None),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_outputs_equal_the_default_cache_bit_for_bit(weight_quant, input_quant, dtype):
+    net = model(weight_quant, input_quant).to(dtype)
+    x = X.to(dtype)
+    with torch.no_grad():
+        expected = net(x)
+        with quant_inference_mode(net):
+            for _ in range(3):
+                assert torch.equal(net(x), expected)
+        assert torch.equal(net(x), expected)
+
+
+def test_conv_layers_too():
+    torch.manual_seed(0)
+    conv = QuantConv2d(3, 8, 3, weight_quant=qz.Int8WeightPerChannelFloat).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = conv(x)
+        with quant_inference_mode(conv):
+            assert torch.equal(conv(x), expected)
+
+
+def test_hits_read_no_weight_values_and_exit_reads_each_weight_once(monkeypatch):
+    net = model()
+    quantized = counting(net[0])
+    checksums = counting_checksums(monkeypatch)
+    with torch.no_grad(), quant_inference_mode(net):
+        for _ in range(5):
+            net(X)
+        assert len(quantized) == 1
+        assert len(checksums) == 2  # one per layer, when its weight was quantized
+    assert len(checksums) == 4  # one more per layer, on exit
+    with torch.no_grad():
+        net(X)  # the verified entries stay cached under the default check
+    assert len(quantized) == 1
+    assert net[0]._weight_cache._entry.check == "checksum"
+
+
+def test_the_layers_own_check_is_kept_after_exit():
+    layer = model()[0]
+    layer.cache_checks_values = "none"
+    with torch.no_grad(), quant_inference_mode(layer):
+        layer(X)
+    assert layer._weight_cache._entry.check == "none"
+    layer.cache_checks_values = "full"
+    with torch.no_grad(), quant_inference_mode(layer):
+        layer(X)
+    assert layer._weight_cache._entry is None  # "full" keeps a copy the mode never took
+    assert layer.cache_checks_values == "full" and "_quant_inference_cache" not in vars(layer)
+
+
+def test_writes_torch_records_are_seen_at_once():
+    net = model()
+    layer = net[0]
+    with torch.no_grad(), quant_inference_mode(net):
+        net(X)
+        layer.weight.mul_(1.5)  # an in-place op: version counter
+        assert torch.equal(net(X), uncached(net, X))
+        layer.weight = nn.Parameter(layer.weight.detach() * 0.5)  # a new tensor
+        assert torch.equal(net(X), uncached(net, X))
+
+
+def test_optimizer_steps_are_seen_at_once():
+    net = model()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1, fused=True)  # fused: no version bump
+    with quant_inference_mode(net):
+        with torch.no_grad():
+            net(X)
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        with torch.no_grad():
+            assert torch.equal(net(X), uncached(net, X))
+
+
+def test_a_write_torch_does_not_record_is_reported_on_exit_and_not_served_after():
+    net = model()
+    with torch.no_grad():
+        before = net(X)
+        with pytest.warns(RuntimeWarning, match=r"quant_inference_mode: .*'0'.*weight\.data"):
+            with quant_inference_mode(net):
+                net(X)
+                net[0].weight.data[0, 0] += 1.0  # .data: no version bump
+                assert torch.equal(net(X), before)  # the documented cost of the mode
+        assert torch.equal(net(X), uncached(net, X))
+        assert not torch.equal(net(X), before)
+
+
+def test_a_quantizer_tensor_written_through_data_is_reported_too():
+    torch.manual_seed(0)
+    layer = QuantLinear(64, 32, weight_quant=qz.Int8WeightPerChannelFloat).eval()
+    tensors = [t for t in list(layer.weight_quant.parameters()) + list(layer.weight_quant.buffers()) if t.is_floating_point() and t.numel()]
+    tensors += [v for v in vars(layer.weight_quant).values() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()]
+    if not tensors:
+        pytest.skip("this quantizer holds no tensor")
+    with torch.no_grad():
+        with pytest.warns(RuntimeWarning, match="quant_inference_mode"):
+            with quant_inference_mode(layer):
+                layer(X)
+                tensors[0].data.mul_(2.0)
+
+
+def test_no_warning_when_nothing_changed_or_torch_saw_every_change():
+    net = model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad(), quant_inference_mode(net):
+            net(X)
+            net[0].weight.add_(0.25)
+            net(X)
+        with torch.no_grad(), quant_inference_mode(net):
+            net(X)
+            net[2].weight.add_(0.25)  # after the last forward: never served stale
+
+
+def test_training_mode_and_frozen_layers_compute_as_outside():
+    net = model()
+    calls = counting(net[0])
+    net.train()
+    with quant_inference_mode(net):
+        net(X)
+        net(X)
+    assert len(calls) == 2
+    frozen = qlayers.freeze(model())
+    with torch.no_grad():
+        expected = frozen(X)
+        with quant_inference_mode(frozen):
+            assert torch.equal(frozen(X), expected)
+
+
+def test_quant_weight_is_still_the_callers_own_copy():
+    layer = model()[0]
+    with torch.no_grad(), quant_inference_mode(layer):
+        layer(X)
+        copy_ = layer.quant_weight()
+        copy_.value_.zero_()
+        assert torch.equal(layer(X), uncached(layer, X))
+
+
+def test_cache_quant_weight_false_keeps_the_per_forward_check(monkeypatch):
+    layer = model()[0]
+    checksums = counting_checksums(monkeypatch)
+    with torch.no_grad(), quant_inference_mode(layer, cache_quant_weight=False):
+        layer(X)
+        layer(X)
+    assert len(checksums) == 2
+
+
+def test_it_caches_even_where_the_layer_would_not():
+    layer = model()[0]
+    layer.cache_quant_weight = False
+    calls = counting(layer)
+    with torch.no_grad(), quant_inference_mode(layer):
+        layer(X)
+        layer(X)
+    assert len(calls) == 1
+    with torch.no_grad():
+        layer(X)
+    assert len(calls) == 2
+
+
+def test_disabled_does_nothing(monkeypatch):
+    layer = model()[0]
+    checksums = counting_checksums(monkeypatch)
+    with torch.no_grad(), quant_inference_mode(layer, enabled=False):
+        layer(X)
+        layer(X)
+    assert len(checksums) == 2 and "_quant_inference_cache" not in vars(layer)
+
+
+def test_nested_contexts_restore_the_outer_one():
+    net = model()
+    with torch.no_grad(), quant_inference_mode(net):
+        with quant_inference_mode(net[0]):
+            net(X)
+        assert net[0]._quant_inference_cache
+        net(X)
+    assert not net[0]._quant_inference_cache and "_quant_inference_cache" not in vars(net[0])
+
+
+def test_an_error_inside_restores_the_layers_without_a_warning():
+    net = model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(KeyError):
+            with torch.no_grad(), quant_inference_mode(net):
+                net(X)
+                net[0].weight.data.zero_()
+                raise KeyError("boom")
+    assert "_quant_inference_cache" not in vars(net[0]) and net[0]._weight_cache._entry is None
+
+
+def test_compile_forces_the_on_policy_and_restores_it(monkeypatch):
+    monkeypatch.delenv(qcompile.ENV_VAR, raising=False)
+    qcompile.set_compile_enabled(False)
+    try:
+        with quant_inference_mode(model(), compile=True):
+            assert qcompile.compile_policy() == "on"
+        assert qcompile.compile_setting() is False
+    finally:
+        qcompile.set_compile_enabled(None)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(cache_quant_weight=1), "cache_quant_weight must be True or False, got 1"),
+    (dict(compile="yes"), "compile must be True or False, got 'yes'"),
+    (dict(enabled=None), "enabled must be True or False, got None"),
+])
+def test_bad_arguments_name_themselves(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        quant_inference_mode(model(), **kwargs)
+    with pytest.raises(TypeError, match="expects an nn.Module, got Tensor"):
+        quant_inference_mode(torch.zeros(1))
+
+
+def test_brevitas_twin_gives_the_same_numbers_in_its_own_mode():
+    brevitas_nn = pytest.importorskip("brevitas.nn")
+    inference = pytest.importorskip("brevitas.export.inference")
+    from brevitas.quant import Int8WeightPerChannelFloat
+
+    torch.manual_seed(0)
+    ours = QuantLinear(64, 32, weight_quant=qz.Int8WeightPerChannelFloat).eval()
+    theirs = brevitas_nn.QuantLinear(64, 32, weight_quant=Int8WeightPerChannelFloat, return_quant_tensor=False).eval()
+    with torch.no_grad():
+        theirs.weight.copy_(ours.weight)
+        theirs.bias.copy_(ours.bias)
+        with inference.quant_inference_mode(theirs, cache_quant_weight=True):
+            theirs(X)
+            expected = theirs(X)
+        with quant_inference_mode(ours):
+            ours(X)
+            assert torch.equal(ours(X), expected)
