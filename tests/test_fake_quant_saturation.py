@@ -1,0 +1,49 @@
+"""Without gradients, fake quantization leaves saturation to the format's saturating rounding
+instead of clamping ``x / s + z`` first (one elementwise pass fewer). The values must be those of
+the clamped formula, which the gradient path still computes, for every format, rounding mode,
+dtype and out-of-range input (±Inf, just past ±max, far past it, ties at the top of the grid)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantizers.fake_quant import fake_quantize
+from quantizers.formats import get_format, known_format_names
+
+ELEMENT_FORMATS = [name for name in known_format_names() if name != "float8_e8m0fnu"]
+ROUNDINGS = ("even", "away", "zero", "floor", "ceil", "stochastic")
+
+
+def inputs(fmt, dtype) -> torch.Tensor:
+    top, bottom = fmt.max_value, fmt.min_value
+    values = [
+        float("inf"), float("-inf"), float("nan"), 0.0, -0.0,
+        top, bottom, top * 1.0001, bottom * 1.0001, top * 1.5, bottom * 1.5, top * 4, bottom * 4, 1e30, -1e30,
+    ]
+    grid = fmt.values() if hasattr(fmt, "values") else None
+    if grid is not None:  # the midpoint between the two largest values (a tie below max) and beyond
+        finite = sorted(v for v in grid.tolist() if v == v and abs(v) != float("inf"))
+        values += [(finite[-1] + finite[-2]) / 2, (finite[0] + finite[1]) / 2]
+    values += torch.linspace(bottom * 1.2, top * 1.2, 257).tolist()
+    return torch.tensor(values, dtype=torch.float32).to(dtype)
+
+
+@pytest.mark.parametrize("name", ELEMENT_FORMATS)
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_no_grad_values_equal_the_clamped_formula(name, rounding, dtype):
+    fmt = get_format(name)
+    x = inputs(fmt, dtype)
+    zero_point = torch.tensor(0.0) if fmt.min_value >= 0 else None
+    scale = torch.tensor(0.75)
+    generator = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    with torch.no_grad():
+        fast = fake_quantize(x, scale, fmt, zero_point, rounding=rounding, saturating=True, generator=generator())
+    learned = scale.clone().requires_grad_(True)  # scale gradients keep the clamp
+    clamped = fake_quantize(x, learned, fmt, zero_point, rounding=rounding, saturating=True, generator=generator()).detach()
+    assert fast.dtype == clamped.dtype == dtype
+    assert torch.equal(fast.isnan(), clamped.isnan())
+    keep = ~fast.isnan()
+    assert torch.equal(fast[keep], clamped[keep])
+    assert torch.equal(fast[keep].signbit(), clamped[keep].signbit())
+    assert fast[keep].abs().max() <= max(fmt.max_value, -fmt.min_value) * 0.75 * (1 + 2 ** -7)
