@@ -32,7 +32,9 @@ Choices where Brevitas and the design leave room:
   torch does not count (``weight.data``, NumPy views, fused optimizers). ``cache_checks_values =
   "full"`` compares a full copy instead, ``"none"`` trusts version counters and optimizer steps.
   ``quant_weight()`` returns the caller's own copy; stochastic weight rounding in eval draws from a
-  generator seeded with ``eval_rounding_seed``, so it is reproducible.
+  generator seeded with ``eval_rounding_seed``, so it is reproducible. ``quant_inference_mode(model)``
+  (Brevitas's context) serves cached weights without the per-forward checksum and checks them once
+  on exit.
 """
 from .attention import QuantScaledDotProductAttention
 from .activation import QuantActivation, QuantHardTanh, QuantIdentity, QuantReLU, QuantSigmoid, QuantTanh

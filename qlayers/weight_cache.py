@@ -50,8 +50,10 @@ CPU of ``benchmarks/`` the compiled checksum takes 63-74 us against 51-61 us for
 ``sum`` of the same bytes, and inside the eval forward, where the matmul's read of the quantized
 weight evicts the float weight from cache, 0.1-0.4 ms (the forward is 1.3-1.5x ``nn.Linear`` at
 batch 64; ``"none"``: 1.0x, a hit of about 12 us). On CUDA every check also synchronises with the
-device, as the hit must wait for the checksum. A model whose weights only change through torch ops
-and optimizers can set ``cache_checks_values = "none"`` for inference speed.
+device, as the hit must wait for the checksum. For inference, :class:`qlayers.quant_inference_mode`
+moves that read to the exit of the context (check :data:`INFERENCE`; 1.00-1.10x ``nn.Linear``); a
+model whose weights only change through torch ops and optimizers can also set
+``cache_checks_values = "none"``.
 
 Guarantee, as ``tests/test_weight_cache.py`` checks (the 46 scenarios of the reliability report
 and more): with ``"checksum"`` or ``"full"`` an eval forward never uses a quantized weight computed
