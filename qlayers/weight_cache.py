@@ -121,6 +121,12 @@ class WeightCache:
             key = _weight_key(weight, extra, check)
             if entry is not None and entry.matches(weight, quantizer, key, check):
                 return entry.value
+            if check == INFERENCE and entry is not None and entry.check != INFERENCE and entry.matches(
+                weight, quantizer, _weight_key(weight, extra, entry.check), entry.check
+            ):  # entering quant_inference_mode: an entry still valid under its own check is kept, not recomputed
+                snapshot = entry.snapshot if entry.check == "checksum" else weight_checksum(weight)
+                self._entry = entry._replace(key=key, check=INFERENCE, snapshot=snapshot)
+                return entry.value
             state = _ModuleState(quantizer, with_values=check != "none")  # INFERENCE keeps them for leave_inference
         except RuntimeError:  # an inference tensor outside inference mode has no version counter
             self.clear()

@@ -103,6 +103,32 @@ def test_hits_read_no_weight_values_and_exit_reads_each_weight_once(monkeypatch)
     assert net[0]._weight_cache._entry.check == "checksum"
 
 
+def test_entering_keeps_a_valid_entry_and_verifies_it_once(monkeypatch):
+    net = model()
+    quantized = counting(net[0])
+    with torch.no_grad():
+        expected = net(X)  # default cache: entries under "checksum"
+        checksums = counting_checksums(monkeypatch)
+        for _ in range(3):  # e.g. one generate() per request, each in its own context
+            with quant_inference_mode(net):
+                for _ in range(4):
+                    assert torch.equal(net(X), expected)
+    assert len(quantized) == 1  # never recomputed
+    assert len(checksums) == 3 * 2 * 2  # per context and layer: one check on the first forward, one on exit
+
+
+def test_entering_recomputes_an_entry_made_stale_before():
+    net = model()
+    quantized = counting(net[0])
+    with torch.no_grad():
+        net(X)
+        net[0].weight.data[0, 0] += 1.0  # no version bump: only the checksum sees it
+        with quant_inference_mode(net):
+            out = net(X)
+    assert len(quantized) == 2
+    assert torch.equal(out, uncached(net, X))
+
+
 def test_the_layers_own_check_is_kept_after_exit():
     layer = model()[0]
     layer.cache_checks_values = "none"
