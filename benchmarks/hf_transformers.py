@@ -4,7 +4,11 @@ Time cases (``python -m benchmarks.run --only transformers``): ``QuantScaledDotP
 with quantized Q, K, V (and softmax output) against float attention on the same tensors, batch 8,
 12 heads, 128 tokens, head dimension 64, float32, ``torch.no_grad()``. Baselines: ``float``, the
 same module with every quantizer off (qzoo's attention arithmetic, what quantization adds to), and
-``sdpa``, ``torch.nn.functional.scaled_dot_product_attention`` (informational).
+``sdpa``, ``torch.nn.functional.scaled_dot_product_attention`` (informational). And greedy
+decoding (``decode/...``, informational): ``generate()`` of 32 tokens at batch 1 on a random Llama
+with quantized Linear weights inside ``qlayers.quant_inference_mode``, against the float model and
+against the same quantized model outside the context (``default_cache``: each forward checksums
+every weight).
 
 Tables (``python -m benchmarks.hf_transformers [--sentences N]``), printed as Markdown:
 
@@ -25,6 +29,7 @@ Tables (``python -m benchmarks.hf_transformers [--sentences N]``), printed as Ma
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import os
 import random
@@ -73,9 +78,10 @@ def _attention_builder(specs: Dict[str, Any]) -> Callable[[Context], Dict[str, A
 
 
 def cases() -> List[Case]:
-    """The attention time cases (target: quantized Q, K, V cost <= 1.5x the float attention)."""
+    """The attention time cases (target: quantized Q, K, V cost <= 1.5x the float attention) and,
+    where ``transformers`` is installed, the greedy-decoding cases (informational)."""
     shape = "x".join(map(str, ATTENTION_SHAPE))
-    return [
+    out = [
         Case(
             section="transformers", name=f"attention/{name}", build=_attention_builder(specs),
             compares=(Compare("float", 1.5 if name != "fp8_token_qkv_softmax" else None), Compare("sdpa")),
@@ -83,6 +89,56 @@ def cases() -> List[Case]:
         )
         for name, specs in ATTENTION_CONFIGS.items()
     ]
+    if importlib.util.find_spec("transformers") is not None:
+        out += [
+            Case(
+                section="transformers", name=f"decode/{name}", build=_decode_builder(weights),
+                compares=(Compare("float"), Compare("default_cache")),
+                meta={"model": DECODE_MODEL, "prompt": DECODE_PROMPT, "new_tokens": DECODE_NEW_TOKENS, "weights": weights},
+            )
+            for name, weights in DECODE_CONFIGS.items()
+        ]
+    return out
+
+
+# ---- greedy decoding -------------------------------------------------------------------------------
+DECODE_MODEL = "Llama, hidden 512, MLP 1376, 4 layers, 8 heads, vocabulary 1000, random weights, float32"
+DECODE_PROMPT, DECODE_NEW_TOKENS = 16, 32
+DECODE_CONFIGS: Dict[str, Dict[str, Any]] = {
+    "fp8_channel_weights": {"format": "float8_e4m3fn", "granularity": "channel"},
+    "mxfp4_weights": {"format": "mxfp4"},
+}
+"""Decoding case -> the ``weights`` spec (every Linear but ``lm_head``, which the default targets skip)."""
+
+
+def _decode_builder(weights: Dict[str, Any]) -> Callable[[Context], Dict[str, Any]]:
+    """``generate()`` of 32 tokens at batch 1: qzoo inside ``quant_inference_mode`` (held open for the
+    measurement, as in ``eval_linear``), the float model, and the same quantized model with the
+    default per-forward checksum of every weight (``default_cache``)."""
+
+    def build(ctx: Context) -> Dict[str, Any]:
+        import transformers
+
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(
+            vocab_size=1000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+            num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=256,
+        )
+        model = transformers.LlamaForCausalLM(config).eval().to(ctx.device)
+        fast = qlayers.quantize_model(model, {"weights": weights})
+        default = qlayers.quantize_model(model, {"weights": weights})
+        qlayers.quant_inference_mode(fast).__enter__()
+        ids = torch.randint(0, 1000, (1, DECODE_PROMPT), generator=torch.Generator().manual_seed(0)).to(ctx.device)
+
+        def run(m: torch.nn.Module) -> Callable[[], Any]:
+            def call() -> Any:
+                with torch.no_grad():
+                    return m.generate(ids, max_new_tokens=DECODE_NEW_TOKENS, min_new_tokens=DECODE_NEW_TOKENS, do_sample=False)
+            return call
+
+        return {"qzoo": run(fast), "float": run(model), "default_cache": run(default)}
+
+    return build
 
 
 # ---- MiniLM accuracy ---------------------------------------------------------------------------
