@@ -118,6 +118,13 @@ class QuantWeightLayer(QuantLayer):
             return None
         return torch.Generator(device=weight.device).manual_seed(self.eval_rounding_seed)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """Pickled and deep-copied outside :class:`~qlayers.quant_inference_mode`: a copy made inside
+        the context is not in it (no context would ever leave it)."""
+        state = super().__getstate__()
+        state.pop("_quant_inference_cache", None)
+        return state
+
     def clear_weight_cache(self) -> None:
         """Forget the cached quantized weight (needed only with ``cache_checks_values = "none"``,
         after writes through ``.data`` or NumPy)."""

@@ -271,6 +271,14 @@ def test_nested_contexts_restore_the_outer_one():
     assert not net[0]._quant_inference_cache and "_quant_inference_cache" not in vars(net[0])
 
 
+def test_a_copy_made_inside_is_not_in_the_context():
+    net = model()
+    with torch.no_grad(), quant_inference_mode(net):
+        net(X)
+        twin = copy.deepcopy(net)
+    assert "_quant_inference_cache" not in vars(twin[0]) and not twin[0]._quant_inference_cache
+
+
 def test_an_error_inside_restores_the_layers_without_a_warning():
     net = model()
     with warnings.catch_warnings():
