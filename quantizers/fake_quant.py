@@ -60,6 +60,7 @@ def fake_quantize(
     saturating: Optional[bool] = None,
     generator: Optional[torch.Generator] = None,
     offset: Optional[torch.Tensor] = None,
+    bounded_product: bool = False,
 ) -> torch.Tensor:
     """``(Q(clamp(x / scale + zero_point)) - zero_point) * scale`` (see the module docstring).
 
@@ -72,6 +73,11 @@ def fake_quantize(
     When only ``x`` needs a gradient (weights and activations with statistics-derived scales), the
     backward pass keeps nothing but ``x`` and the scales and recomputes the in-range mask, so QAT
     holds no full-size intermediate for backward.
+
+    ``bounded_product=True`` is the caller's word that no element times its scale can pass the
+    largest value of ``x.dtype`` (:attr:`~quantizers.scaling.scalers.Scaler.bounded_product`: OCP MX
+    FLOOR scales from ``x``'s own block maxima), so the product is not saturated (an elementwise
+    clamp fewer); with gradients it is saturated regardless.
     """
     parameters = tuple(t for t in (scale, zero_point, offset) if isinstance(t, torch.Tensor))
     if (
@@ -79,7 +85,7 @@ def fake_quantize(
         and not any(t.requires_grad for t in parameters)
     ):
         return _FakeQuantizeInput.apply(x, scale, zero_point, offset, fmt, rounding, saturating)
-    return _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset)
+    return _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset, bounded_product)
 
 
 def _widened(x, scale, zero_point, offset):
@@ -100,7 +106,7 @@ def _bounds(fmt, saturating):
     return (fmt.min_value, fmt.max_value) if fmt._saturates(saturating) else None
 
 
-def _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset):
+def _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, offset, bounded_product=False):
     """The formula, differentiable in every tensor argument (straight through ``Q``)."""
     dtype = x.dtype
     needs_grad = torch.is_grad_enabled() and any(
@@ -119,6 +125,8 @@ def _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, o
     if zero_point is not None:
         q = q - zero_point
     value = q * scale if offset is None else q * scale + offset
+    if bounded_product and bounds is not None and not needs_grad:
+        return narrow_to(value, dtype)
     # A saturating format's elements are finite or NaN: a plain clamp saturates the product.
     return narrow_to(saturate_product(value, None if bounds is not None else q, dtype), dtype)
 

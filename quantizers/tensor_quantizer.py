@@ -566,18 +566,19 @@ _FROZEN_PARTS = ("scale", "zero_point", "outer_scale", "offset")
 
 def fake_quantize_layout(
     layout: torch.Tensor, scales: Scales, fmt: NumberFormat, rounding: Optional[str], saturating: Optional[bool],
-    generator: Optional[torch.Generator] = None,
+    generator: Optional[torch.Generator] = None, bounded_product: bool = False,
 ) -> torch.Tensor:
     """Fake-quantize ``layout`` (the granularity's layout of a tensor) with ``scales``, fused
     (eagerly for ``rounding="stochastic"``, whose noise comes from ``generator``), computed in
-    float32 (float64 for float64) and returned in ``layout``'s dtype."""
+    float32 (float64 for float64) and returned in ``layout``'s dtype; ``bounded_product`` as in
+    :func:`~quantizers.fake_quant.fake_quantize` (scales from ``layout``'s own statistic)."""
     work = compute_dtype(layout.dtype)
     scale = scales.effective_scale.to(work)
     zero_point = None if scales.zero_point is None else scales.zero_point.to(work)
     offset = None if scales.offset is None else scales.offset.to(work)
     if rounding == "stochastic":
-        return fake_quantize(layout, scale, fmt, zero_point, rounding, saturating, generator, offset)
-    return _fused_fake_quantize(layout, scale, fmt, zero_point, rounding, saturating, None, offset)
+        return fake_quantize(layout, scale, fmt, zero_point, rounding, saturating, generator, offset, bounded_product)
+    return _fused_fake_quantize(layout, scale, fmt, zero_point, rounding, saturating, None, offset, bounded_product)
 
 
 _fused_fake_quantize = compiled(fake_quantize)
@@ -650,7 +651,7 @@ def widen_statistic(stat: Statistic, dtype: torch.dtype) -> Statistic:
 def _quantize_from_own_range(x, fmt, granularity, scaler, rounding, saturating):
     stat = range_statistic(widen(x.detach()), granularity, scaler.needs, scaler.nan_blocks)
     scales = scaler(stat)
-    value_ = fake_quantize_layout(granularity.layout(x), scales, fmt, rounding, saturating)
+    value_ = fake_quantize_layout(granularity.layout(x), scales, fmt, rounding, saturating, bounded_product=scaler.bounded_product)
     return value_, scales.scale, scales.zero_point, scales.outer_scale, scales.offset
 
 

@@ -47,3 +47,40 @@ def test_no_grad_values_equal_the_clamped_formula(name, rounding, dtype):
     assert torch.equal(fast[keep], clamped[keep])
     assert torch.equal(fast[keep].signbit(), clamped[keep].signbit())
     assert fast[keep].abs().max() <= max(fmt.max_value, -fmt.min_value) * 0.75 * (1 + 2 ** -7)
+
+
+# ---- OCP MX FLOOR: the product needs no saturation ---------------------------------------------
+MX_ACTS = ["MXFloat8e4m3Act", "MXFloat8e5m2Act", "MXFloat6e2m3Act", "MXFloat6e3m2Act", "MXFloat4e2m1Act", "MXInt8Act"]
+
+
+def top_of(dtype: torch.dtype) -> torch.Tensor:
+    """Blocks of 32 whose maxima sit at the top of ``dtype`` (its largest value and the binade
+    below), every other element spread over the block's range, plus an ordinary block."""
+    big = torch.finfo(dtype).max
+    rows = []
+    for amax in (big, big * 0.75, big / 2 * 1.999, 1.0):
+        fractions = torch.linspace(-1.0, 1.0, 32, dtype=torch.float64)
+        rows.append((fractions * amax).clamp(-big, big))
+    return torch.stack(rows).to(dtype)
+
+
+@pytest.mark.parametrize("name", MX_ACTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_mx_floor_products_stay_in_range_without_the_clamp(name, dtype):
+    import quantizers
+
+    quantizer = quantizers.build_tensor_quantizer(getattr(quantizers, name))
+    assert quantizer.scaler.bounded_product
+    x = top_of(dtype)
+    with torch.no_grad():
+        fast = quantizer(x).value
+    slow = quantizer(x.clone().requires_grad_(True)).value.detach()  # the gradient path saturates
+    assert torch.isfinite(fast).all()
+    assert torch.equal(fast, slow)
+
+
+def test_only_floor_mx_scales_skip_the_clamp():
+    from quantizers.scaling.scalers import MXScaler
+
+    fmt = get_format("float8_e4m3fn")
+    assert [MXScaler(fmt, mode).bounded_product for mode in ("floor", "ceil", "rceil", "even")] == [True, False, False, False]

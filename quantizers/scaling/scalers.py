@@ -46,12 +46,15 @@ class Scaler:
     ``nan_blocks``: a block holding NaN/Inf gets the NaN scale (OCP MX, NVFP4), so its statistic
     must keep NaN/Inf (see the NaN/Inf policy in :mod:`quantizers.scaling`); ``two_level``: the
     rule has a per-tensor outer scale and ``with_outer_scale(stat, outer_scale)`` computes the
-    inner scales for a given one."""
+    inner scales for a given one; ``bounded_product``: when the statistic is the tensor's own, no
+    element of a saturating format times its scale passes the tensor dtype's largest value, so
+    fake quantization need not saturate the product (see :func:`~quantizers.fake_quant.fake_quantize`)."""
 
     needs = "absmax"
     scale_format: Optional[NumberFormat] = None
     nan_blocks = False
     two_level = False  # has a per-tensor outer scale (and ``with_outer_scale``)
+    bounded_product = False
 
     def __call__(self, stat: Statistic) -> Scales:
         raise NotImplementedError
@@ -127,6 +130,15 @@ class MXScaler(Scaler):
     @property
     def scale_format(self) -> NumberFormat:  # type: ignore[override]
         return get_format("float8_e8m0fnu")
+
+    @property
+    def bounded_product(self) -> bool:  # type: ignore[override]
+        """FLOOR: ``X = 2^(floor(log2 amax) - emax_elem)`` and ``|element| <= max_elem < 2^(emax_elem + 1)``,
+        so ``|element * X| <= (max_elem / 2^emax_elem) * 2^floor(log2 amax)``, at most
+        ``1.984375 * 2^127`` (MXINT8's 127/64; E4M3 1.75, E2M3 1.875) for float32 and bfloat16 tensors
+        and ``1.984375 * 2^15 = 65024`` for float16: below each dtype's largest value. CEIL, RCEIL and
+        EVEN can round the scale up one binade (element 256 x 2^120 = 2^128) and do saturate."""
+        return self.mode == "floor"
 
     def __call__(self, stat: Statistic) -> Scales:
         if isinstance(self.fmt, IntFormat):
