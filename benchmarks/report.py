@@ -48,6 +48,11 @@ class Row:
     def to_json(self) -> Dict[str, Any]:
         return dict(asdict(self), noisy=self.noisy)
 
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Row":
+        """The row :meth:`to_json` wrote (``noisy`` is derived, so dropped)."""
+        return cls(**{k: v for k, v in data.items() if k != "noisy"})
+
 
 def _ms(value: Optional[float]) -> str:
     if value is None:
