@@ -58,7 +58,7 @@ def select(cases: List[Case], quick: bool, only: Optional[List[str]]) -> List[Ca
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="a subset of cases, fewer samples (about 5 minutes on 2 cores)")
     parser.add_argument("--only", action="append", metavar="SUBSTRING", help="run the cases whose id contains it")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 11, quick 7)")
@@ -130,13 +130,14 @@ def _run_with_retries(case: Case, ctx: Context, settings: Settings, retries: int
     return result
 
 
-_PARENT_ONLY = {"--only", "--json"}  # options with a value that the child gets its own way
+_PARENT_ONLY = {"--only", "--json", "--cold-cache"}  # the child gets its own; a cold cache is the parent's, inherited
 
 
 def _run_in_child(case: Case, argv: List[str]) -> Tuple[List[Row], Dict[str, Any], float, float]:
     """``case`` run by ``python -m benchmarks.run --case ID`` in a fresh process with this run's
-    other options; its rows, case JSON, wall seconds and final load average. The child's error
-    (an exception there) is raised here with its last line."""
+    other options (its progress and warnings go to this process's stderr); its rows, case JSON,
+    wall seconds and final load average. A child that fails (exit status, missing JSON, an error
+    recorded in it) raises here."""
     forwarded: List[str] = []
     skip = False
     for arg in argv:
@@ -145,18 +146,17 @@ def _run_in_child(case: Case, argv: List[str]) -> Tuple[List[Row], Dict[str, Any
             continue
         name = arg.split("=", 1)[0]
         if name in _PARENT_ONLY:
-            skip = "=" not in arg
+            skip = "=" not in arg and name != "--cold-cache"
             continue
         forwarded.append(arg)
     with tempfile.TemporaryDirectory(prefix="qzoo-bench-case-") as folder:
         path = Path(folder) / "case.json"
         done = subprocess.run(
             [sys.executable, "-m", "benchmarks.run", "--case", case.id, "--json", str(path), *forwarded],
-            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
         )
-        if not path.exists():
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
-            raise RuntimeError(f"the child process exited with {done.returncode}: {lines[-1] if lines else 'no output'}")
+        if done.returncode != 0 or not path.exists():
+            raise RuntimeError(f"the child process exited with status {done.returncode} (its output is above)")
         payload = json.loads(path.read_text())
     if payload["errors"]:
         raise RuntimeError(next(iter(payload["errors"].values())))

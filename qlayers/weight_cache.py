@@ -92,6 +92,7 @@ class WeightCache:
     def clear(self) -> None:
         """Forget the entry."""
         self._entry: Optional[_Entry] = None
+        self._missed_write = False  # an INFERENCE entry replaced after a write torch did not record
 
     @property
     def value(self) -> Optional[QuantTensor]:
@@ -131,36 +132,58 @@ class WeightCache:
         except RuntimeError:  # an inference tensor outside inference mode has no version counter
             self.clear()
             return compute()
+        missed = self._missed_write or (entry is not None and entry.check == INFERENCE and _unrecorded_change(entry, weight, quantizer))
         self.clear()
+        self._missed_write = missed  # reported by leave_inference
         value = compute()
         self._entry = _Entry(value, weakref.ref(weight), key, state, check, _snapshot(weight, check))
         return value
 
-    def leave_inference(self, weight: Optional[torch.Tensor], quantizer: Optional[nn.Module], check: str) -> bool:
+    def leave_inference(self, weight: Optional[torch.Tensor], quantizer: Optional[nn.Module], check: Optional[str]) -> bool:
         """End an :data:`INFERENCE` entry (leaving :class:`qlayers.quant_inference_mode`): ``False``
-        when ``weight`` (or the quantizer's tensors) hold other bytes than the entry was computed
-        from although torch recorded no change, i.e. forwards may have used a stale weight.
+        when an entry served inside the context was computed from other bytes than the weight (or
+        the quantizer's tensors) held later although torch recorded no change in between (no
+        version bump, no optimizer step), i.e. forwards may have used a stale weight. After a
+        recorded change the bytes may differ for either reason, and nothing is reported.
 
-        A verified entry is kept under ``check`` (the layer's own ``cache_checks_values``; its
-        checksum is the one a ``"checksum"`` entry keeps), so the next forward need not recompute;
-        otherwise it is forgotten."""
-        entry = self._entry
-        if entry is None or entry.check != INFERENCE:
-            return True
+        A verified entry is kept under ``check`` (the layer's own ``cache_checks_values``,
+        ``"checksum"`` or ``"none"``; its checksum is the one a ``"checksum"`` entry keeps), so the
+        next forward need not recompute; otherwise (``"full"``, ``None``) it is forgotten."""
+        entry, missed = self._entry, self._missed_write
         self.clear()
-        if weight is None or quantizer is None or entry.weight_ref() is not weight:
-            return True  # a new weight tensor or quantizer: the entry was never served for it
+        if entry is None or entry.check != INFERENCE:
+            return not missed
+        if weight is None or quantizer is None:
+            return not missed
+        if _unrecorded_change(entry, weight, quantizer):
+            return False
         extra = entry.key[-1]
         try:
-            if _weight_key(weight, extra, INFERENCE) != entry.key or not entry.quantizer.matches(quantizer, values=False):
-                return True  # torch saw the change: the entry is not served again
+            unchanged = _weight_key(weight, extra, INFERENCE) == entry.key and entry.quantizer.matches(quantizer)
+            if unchanged and check in ("checksum", "none"):
+                self._entry = entry._replace(key=_weight_key(weight, extra, check), check=check)
         except RuntimeError:
-            return True
-        if weight_checksum(weight) != entry.snapshot or not entry.quantizer.matches(quantizer):
-            return False
-        if check in ("checksum", "none"):
-            self._entry = entry._replace(key=_weight_key(weight, extra, check), check=check)
-        return True
+            pass
+        return not missed
+
+
+def _unrecorded_change(entry: "_Entry", weight: torch.Tensor, quantizer: nn.Module) -> bool:
+    """Whether ``weight`` (still the entry's tensor, same storage and layout, same version counter
+    and no optimizer step since) or ``quantizer``'s tensors (same versions) hold other bytes than
+    the :data:`INFERENCE` entry was computed from: a write torch did not record. One read of the
+    weight; called only when an entry is replaced or the context ends."""
+    if entry.weight_ref() is not weight:
+        return False
+    try:
+        version, *layout = _weight_key(weight, None, INFERENCE)[:6]
+        steps = optimizer_steps()
+    except RuntimeError:  # an inference tensor outside inference mode has no version counter
+        return False
+    if version != entry.key[0] or tuple(layout) != tuple(entry.key[1:6]) or steps != entry.key[7]:
+        return False
+    if not entry.quantizer.matches(quantizer, values=False):
+        return False
+    return weight_checksum(weight) != entry.snapshot or not entry.quantizer.matches(quantizer)
 
 
 class _Entry(NamedTuple):

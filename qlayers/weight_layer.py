@@ -41,7 +41,7 @@ class QuantWeightLayer(QuantLayer):
     act_layout: ClassVar[Layout] = {"channel_axis": -1, "group_dim": -1}
     cache_quant_weight: bool = True
     cache_checks_values: str = "checksum"
-    _quant_inference_cache: bool = False  # True inside qlayers.quant_inference_mode(cache_quant_weight=True)
+    _quant_inference_depth: int = 0  # open qlayers.quant_inference_mode(cache_quant_weight=True) contexts
     eval_rounding_seed: int = 0
 
     def _init_weight_quantizers(
@@ -97,7 +97,7 @@ class QuantWeightLayer(QuantLayer):
         if quantizer is None:
             return None
         generator = self._eval_generator(quantizer, weight)
-        inference = self._quant_inference_cache  # set by qlayers.quant_inference_mode(cache_quant_weight=True)
+        inference = self._quant_inference_depth > 0  # inside qlayers.quant_inference_mode(cache_quant_weight=True)
         if (
             self.training
             or not (self.cache_quant_weight or inference)
@@ -122,7 +122,7 @@ class QuantWeightLayer(QuantLayer):
         """Pickled and deep-copied outside :class:`~qlayers.quant_inference_mode`: a copy made inside
         the context is not in it (no context would ever leave it)."""
         state = super().__getstate__()
-        state.pop("_quant_inference_cache", None)
+        state.pop("_quant_inference_depth", None)
         return state
 
     def clear_weight_cache(self) -> None:

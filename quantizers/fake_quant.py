@@ -115,11 +115,12 @@ def _fake_quantize(x, scale, fmt, zero_point, rounding, saturating, generator, o
     x, scale, zero_point, offset = _widened(x, scale, zero_point, offset)
     y = _scaled(x, scale, zero_point, offset)
     bounds = _bounds(fmt, saturating)
-    if bounds is not None and needs_grad:
+    if bounds is not None and (needs_grad or not fmt.rounding_saturates):
         # The clamp gives the gradients their zeros outside the range. Without gradients it is left to
-        # the format's saturating rounding, which maps everything beyond ±max to ±max itself (±max
-        # are grid points, so no rounding of a clamped value could pass them either): the same values,
-        # one elementwise clamp fewer (~10% of an FP8 activation kernel on CPU).
+        # a format whose saturating rounding maps everything beyond ±max to ±max itself
+        # (NumberFormat.rounding_saturates; ±max are grid points, so no rounding of a clamped value
+        # could pass them either): the same values, one elementwise clamp fewer (~10% of an FP8
+        # activation kernel on CPU).
         y = torch.clamp(y, *bounds)
     q = round_to_format_ste(y, fmt, rounding, saturating, generator)
     if zero_point is not None:

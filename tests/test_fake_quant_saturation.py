@@ -10,7 +10,7 @@ import torch
 from quantizers.fake_quant import fake_quantize
 from quantizers.formats import get_format, known_format_names
 
-ELEMENT_FORMATS = [name for name in known_format_names() if name != "float8_e8m0fnu"]
+ELEMENT_FORMATS = known_format_names()  # E8M0 (and custom formats) keep the clamp: rounding_saturates is False
 ROUNDINGS = ("even", "away", "zero", "floor", "ceil", "stochastic")
 
 
@@ -30,23 +30,25 @@ def inputs(fmt, dtype) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ELEMENT_FORMATS)
 @pytest.mark.parametrize("rounding", ROUNDINGS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_no_grad_values_equal_the_clamped_formula(name, rounding, dtype):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("saturating", [True, False])
+def test_no_grad_values_equal_the_clamped_formula(name, rounding, dtype, saturating):
     fmt = get_format(name)
     x = inputs(fmt, dtype)
     zero_point = torch.tensor(0.0) if fmt.min_value >= 0 else None
     scale = torch.tensor(0.75)
     generator = lambda: torch.Generator().manual_seed(7)  # noqa: E731
     with torch.no_grad():
-        fast = fake_quantize(x, scale, fmt, zero_point, rounding=rounding, saturating=True, generator=generator())
+        fast = fake_quantize(x, scale, fmt, zero_point, rounding=rounding, saturating=saturating, generator=generator())
     learned = scale.clone().requires_grad_(True)  # scale gradients keep the clamp
-    clamped = fake_quantize(x, learned, fmt, zero_point, rounding=rounding, saturating=True, generator=generator()).detach()
+    clamped = fake_quantize(x, learned, fmt, zero_point, rounding=rounding, saturating=saturating, generator=generator()).detach()
     assert fast.dtype == clamped.dtype == dtype
     assert torch.equal(fast.isnan(), clamped.isnan())
     keep = ~fast.isnan()
     assert torch.equal(fast[keep], clamped[keep])
     assert torch.equal(fast[keep].signbit(), clamped[keep].signbit())
-    assert fast[keep].abs().max() <= max(fmt.max_value, -fmt.min_value) * 0.75 * (1 + 2 ** -7)
+    if fmt._saturates(saturating):
+        assert fast[keep].abs().max() <= max(fmt.max_value, -fmt.min_value) * 0.75 * (1 + 2 ** -7)
 
 
 # ---- OCP MX FLOOR: the product needs no saturation ---------------------------------------------
@@ -84,3 +86,20 @@ def test_only_floor_mx_scales_skip_the_clamp():
 
     fmt = get_format("float8_e4m3fn")
     assert [MXScaler(fmt, mode).bounded_product for mode in ("floor", "ceil", "rceil", "even")] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("narrow", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_mx_int_elements_saturate_unless_narrow(narrow, dtype):
+    """A full-range int element (-128 x 2^(e - 6) = 2^(e + 1)) can pass the dtype's max: only
+    narrow signed ints (MXINT8) skip the clamp."""
+    import quantizers
+
+    quantizer = quantizers.build_tensor_quantizer(quantizers.MXInt8Act, narrow_range=narrow)
+    assert quantizer.scaler.bounded_product is narrow
+    x = -top_of(dtype)
+    with torch.no_grad():
+        fast = quantizer(x).value
+    slow = quantizer(x.clone().requires_grad_(True)).value.detach()
+    assert torch.isfinite(fast).all()
+    assert torch.equal(fast, slow)

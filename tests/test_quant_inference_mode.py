@@ -139,7 +139,7 @@ def test_the_layers_own_check_is_kept_after_exit():
     with torch.no_grad(), quant_inference_mode(layer):
         layer(X)
     assert layer._weight_cache._entry is None  # "full" keeps a copy the mode never took
-    assert layer.cache_checks_values == "full" and "_quant_inference_cache" not in vars(layer)
+    assert layer.cache_checks_values == "full" and "_quant_inference_depth" not in vars(layer)
 
 
 def test_writes_torch_records_are_seen_at_once():
@@ -153,17 +153,19 @@ def test_writes_torch_records_are_seen_at_once():
         assert torch.equal(net(X), uncached(net, X))
 
 
-def test_optimizer_steps_are_seen_at_once():
+def test_optimizer_steps_are_seen_at_once_and_not_mistaken_for_unrecorded_writes():
     net = model()
     optimizer = torch.optim.Adam(net.parameters(), lr=0.1, fused=True)  # fused: no version bump
-    with quant_inference_mode(net):
-        with torch.no_grad():
-            net(X)
-        for p in net.parameters():
-            p.grad = torch.ones_like(p)
-        optimizer.step()
-        with torch.no_grad():
-            assert torch.equal(net(X), uncached(net, X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with quant_inference_mode(net):
+            with torch.no_grad():
+                net(X)
+            for p in net.parameters():
+                p.grad = torch.ones_like(p)
+            optimizer.step()
+            with torch.no_grad():
+                assert torch.equal(net(X), uncached(net, X))
 
 
 def test_a_write_torch_does_not_record_is_reported_on_exit_and_not_served_after():
@@ -258,7 +260,7 @@ def test_disabled_does_nothing(monkeypatch):
     with torch.no_grad(), quant_inference_mode(layer, enabled=False):
         layer(X)
         layer(X)
-    assert len(checksums) == 2 and "_quant_inference_cache" not in vars(layer)
+    assert len(checksums) == 2 and "_quant_inference_depth" not in vars(layer)
 
 
 def test_nested_contexts_restore_the_outer_one():
@@ -266,9 +268,59 @@ def test_nested_contexts_restore_the_outer_one():
     with torch.no_grad(), quant_inference_mode(net):
         with quant_inference_mode(net[0]):
             net(X)
-        assert net[0]._quant_inference_cache
+        assert net[0]._quant_inference_depth == 1
         net(X)
-    assert not net[0]._quant_inference_cache and "_quant_inference_cache" not in vars(net[0])
+    assert net[0]._quant_inference_depth == 0 and "_quant_inference_depth" not in vars(net[0])
+
+
+def test_contexts_left_out_of_order_leave_no_layer_behind():
+    net = model()
+    first, second = quant_inference_mode(net), quant_inference_mode(net)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert net[0]._quant_inference_depth == 1
+    second.__exit__(None, None, None)
+    assert "_quant_inference_depth" not in vars(net[0])
+
+
+def test_one_context_object_cannot_be_entered_twice():
+    net = model()
+    context = quant_inference_mode(net)
+    with context:
+        with pytest.raises(RuntimeError, match="already entered"):
+            context.__enter__()
+    with context:  # reusable once left
+        assert net[0]._quant_inference_depth == 1
+
+
+@pytest.mark.parametrize("order", ["torch_inside", "torch_outside"])
+def test_torch_inference_mode_in_either_order_keeps_the_exit_check(order):
+    net = model()
+    with pytest.warns(RuntimeWarning, match="quant_inference_mode"):
+        if order == "torch_inside":
+            with quant_inference_mode(net), torch.inference_mode():
+                net(X)
+                net[0].weight.data[0, 0] += 1.0
+                net(X)
+        else:
+            with torch.inference_mode(), quant_inference_mode(net):
+                net(X)
+                net[0].weight.data[0, 0] += 1.0
+                net(X)
+
+
+def test_a_stale_window_is_reported_even_when_a_later_forward_requantizes():
+    net = model()
+    with pytest.warns(RuntimeWarning, match="'0'"):
+        with torch.no_grad(), quant_inference_mode(net):
+            net(X)
+            net[0].weight.data[0, 0] += 1.0  # unrecorded
+            net(X)  # stale
+            with torch.inference_mode():
+                net(X)  # another mode: the layer quantizes afresh (and finds the unrecorded write)
+    with torch.no_grad():
+        assert torch.equal(net(X), uncached(net, X))
 
 
 def test_a_copy_made_inside_is_not_in_the_context():
@@ -276,7 +328,7 @@ def test_a_copy_made_inside_is_not_in_the_context():
     with torch.no_grad(), quant_inference_mode(net):
         net(X)
         twin = copy.deepcopy(net)
-    assert "_quant_inference_cache" not in vars(twin[0]) and not twin[0]._quant_inference_cache
+    assert "_quant_inference_depth" not in vars(twin[0]) and twin[0]._quant_inference_depth == 0
 
 
 def test_an_error_inside_restores_the_layers_without_a_warning():
@@ -288,7 +340,7 @@ def test_an_error_inside_restores_the_layers_without_a_warning():
                 net(X)
                 net[0].weight.data.zero_()
                 raise KeyError("boom")
-    assert "_quant_inference_cache" not in vars(net[0]) and net[0]._weight_cache._entry is None
+    assert "_quant_inference_depth" not in vars(net[0]) and net[0]._weight_cache._entry is None
 
 
 def test_compile_forces_the_on_policy_and_restores_it(monkeypatch):

@@ -10,11 +10,17 @@ is declared to be running inference, so that read moves to the exit:
   change to the weight or the quantizer (the same tensor objects, version counters, storage and
   layout, no optimizer step; ``cache_checks_values="none"``'s rule), at about 10 us a hit and
   without touching the weight's values;
-- on exit every cached weight is checked once against the checksum taken when it was quantized.
-  If a write torch does not see changed a weight (or a quantizer tensor) inside the context, the
-  forwards after it may have used the quantized weight from before it: one ``RuntimeWarning``
-  names those layers. Verified entries stay cached under the layer's own
-  ``cache_checks_values``, so the next forward outside does not recompute.
+- on exit (and whenever a layer replaces its cached weight inside the context) every cached weight
+  is checked once against the checksum taken when it was quantized. If a write torch does not see
+  changed a weight (or a quantizer tensor) inside the context, the forwards after it may have used
+  the quantized weight from before it: one ``RuntimeWarning`` names those layers. A write torch
+  does record (an in-place op, an optimizer step) makes the layer quantize afresh; after one, the
+  bytes may differ for either reason and an earlier unrecorded write is no longer told apart.
+  Verified entries stay cached under the layer's own ``cache_checks_values`` (``"checksum"`` or
+  ``"none"``), so the next forward outside does not recompute.
+
+The flag is per layer, so every thread running the model is in the context while it is open.
+Contexts nest (each layer counts the open ones); one context object cannot be entered twice.
 
 Numbers are those of the default cache: the same quantized weights, bit for bit. Training-mode
 forwards, ``torch.compile`` tracing, layers whose weight needs a gradient and frozen layers
@@ -71,40 +77,46 @@ class quant_inference_mode:  # noqa: N801 - Brevitas's name (brevitas.export.inf
         self.cache_quant_weight = cache_quant_weight
         self.compile = compile
         self.enabled = enabled
-        self._layers: List[Tuple[str, QuantWeightLayer, Optional[bool]]] = []
+        self._layers: Optional[List[Tuple[str, QuantWeightLayer]]] = None  # None: not entered
         self._compile_setting: Optional[bool] = None
 
     def __enter__(self) -> nn.Module:
+        if self._layers is not None:
+            raise RuntimeError("this quant_inference_mode is already entered; use a new quant_inference_mode(model) to nest")
+        self._layers = []
         if not self.enabled:
             return self.model
         if self.cache_quant_weight:
             for name, layer in self.model.named_modules():
                 if isinstance(layer, QuantWeightLayer) and not is_frozen(layer):
-                    self._layers.append((name, layer, layer.__dict__.get("_quant_inference_cache")))
-                    layer._quant_inference_cache = True
+                    self._layers.append((name, layer))
+                    layer._quant_inference_depth = layer._quant_inference_depth + 1
         if self.compile:
             self._compile_setting = qcompile.compile_setting()
             qcompile.set_compile_enabled(True)
         return self.model
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        layers, self._layers = self._layers or [], None
         if not self.enabled:
             return
         if self.compile:
             qcompile.set_compile_enabled(self._compile_setting)
-        layers, self._layers = self._layers, []
         stale = []
-        for name, layer, previous in layers:
-            if previous is None:
-                del layer._quant_inference_cache  # back to the class default (False)
-            else:
-                layer._quant_inference_cache = previous
-            if previous or is_frozen(layer):
-                continue  # an enclosing context still runs; or the weight is gone
-            weight = layer._parameters.get("weight")
+        for name, layer in layers:
+            depth = layer._quant_inference_depth - 1
+            if depth > 0:
+                layer._quant_inference_depth = depth  # another context still holds this layer
+                continue
+            layer.__dict__.pop("_quant_inference_depth", None)  # back to the class default (0)
+            if is_frozen(layer):
+                continue  # frozen inside the context: the float weight is gone
             if kind is not None:
                 layer._weight_cache.clear()
-            elif not layer._weight_cache.leave_inference(weight, layer.weight_quant, layer.cache_checks_values):
+                continue
+            weight = layer._parameters.get("weight")
+            check = layer.cache_checks_values if layer.cache_quant_weight else None
+            if not layer._weight_cache.leave_inference(weight, layer.weight_quant, check):
                 stale.append(name or "(root)")
         if stale:
             warnings.warn(

@@ -34,6 +34,11 @@ class NumberFormat:
 
     #: Rounding used when ``quantize``/``encode`` get ``rounding=None``.
     default_rounding: str = "even"
+    #: ``True`` where ``_round_in_carrier`` itself maps every input beyond the format's extremes
+    #: (±Inf included) to them whenever :meth:`_saturates` holds, so fake quantization without
+    #: gradients need not clamp first (qzoo's float, integer and HiFloat8 formats, tested against
+    #: the clamped formula); ``False`` (the default, E8M0 and custom subclasses) keeps the clamp.
+    rounding_saturates = False
 
     # ---- description, provided by subclasses -------------------------------------------------
     @property

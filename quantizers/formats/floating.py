@@ -43,6 +43,8 @@ class FloatFormat(NumberFormat):
         [0.3125, 448.0]
     """
 
+    rounding_saturates = True  # see NumberFormat.rounding_saturates
+
     exponent_bits: int
     mantissa_bits: int
     exponent_bias: Optional[int] = None

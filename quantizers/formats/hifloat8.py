@@ -49,6 +49,8 @@ class HiFloat8(ByteFormat):
         [1.125, 20.0, 32768.0]
     """
 
+    rounding_saturates = True  # see NumberFormat.rounding_saturates
+
     default_rounding = "away"
 
     @property

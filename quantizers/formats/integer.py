@@ -32,6 +32,8 @@ class IntFormat(NumberFormat):
         [-8.0, 2.0, 4.0, 7.0]
     """
 
+    rounding_saturates = True  # see NumberFormat.rounding_saturates
+
     bits: int = 8
     signed: bool = True
     narrow: bool = False

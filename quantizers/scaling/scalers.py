@@ -137,8 +137,11 @@ class MXScaler(Scaler):
         so ``|element * X| <= (max_elem / 2^emax_elem) * 2^floor(log2 amax)``, at most
         ``1.984375 * 2^127`` (MXINT8's 127/64; E4M3 1.75, E2M3 1.875) for float32 and bfloat16 tensors
         and ``1.984375 * 2^15 = 65024`` for float16: below each dtype's largest value. CEIL, RCEIL and
-        EVEN can round the scale up one binade (element 256 x 2^120 = 2^128) and do saturate."""
-        return self.mode == "floor"
+        EVEN can round the scale up one binade (element 256 x 2^120 = 2^128) and do saturate, and so
+        do integer elements other than narrow signed ones (``-2^(bits-1)`` or an unsigned top code
+        reach ``2^(emax_elem + 1)``)."""
+        fmt = self.fmt
+        return self.mode == "floor" and (not isinstance(fmt, IntFormat) or (fmt.signed and fmt.narrow))
 
     def __call__(self, stat: Statistic) -> Scales:
         if isinstance(self.fmt, IntFormat):
