@@ -151,9 +151,7 @@ class WeightCache:
         next forward need not recompute; otherwise (``"full"``, ``None``) it is forgotten."""
         entry, missed = self._entry, self._missed_write
         self.clear()
-        if entry is None or entry.check != INFERENCE:
-            return not missed
-        if weight is None or quantizer is None:
+        if entry is None or entry.check != INFERENCE or weight is None or quantizer is None:
             return not missed
         if _unrecorded_change(entry, weight, quantizer):
             return False
@@ -175,11 +173,11 @@ def _unrecorded_change(entry: "_Entry", weight: torch.Tensor, quantizer: nn.Modu
     if entry.weight_ref() is not weight:
         return False
     try:
-        version, *layout = _weight_key(weight, None, INFERENCE)[:6]
-        steps = optimizer_steps()
+        key = _weight_key(weight, None, INFERENCE)
     except RuntimeError:  # an inference tensor outside inference mode has no version counter
         return False
-    if version != entry.key[0] or tuple(layout) != tuple(entry.key[1:6]) or steps != entry.key[7]:
+    # version, storage and layout (key[:6]) and optimizer steps (key[7]); not the mode or extra key
+    if key[:6] != entry.key[:6] or key[7] != entry.key[7]:
         return False
     if not entry.quantizer.matches(quantizer, values=False):
         return False

@@ -232,13 +232,14 @@ def test_quant_weight_is_still_the_callers_own_copy():
         assert torch.equal(layer(X), uncached(layer, X))
 
 
-def test_cache_quant_weight_false_keeps_the_per_forward_check(monkeypatch):
+@pytest.mark.parametrize("kwargs", [dict(cache_quant_weight=False), dict(enabled=False)])
+def test_without_cached_weights_or_disabled_the_per_forward_check_stays(monkeypatch, kwargs):
     layer = model()[0]
     checksums = counting_checksums(monkeypatch)
-    with torch.no_grad(), quant_inference_mode(layer, cache_quant_weight=False):
+    with torch.no_grad(), quant_inference_mode(layer, **kwargs):
         layer(X)
         layer(X)
-    assert len(checksums) == 2
+    assert len(checksums) == 2 and "_quant_inference_depth" not in vars(layer)
 
 
 def test_it_caches_even_where_the_layer_would_not():
@@ -252,15 +253,6 @@ def test_it_caches_even_where_the_layer_would_not():
     with torch.no_grad():
         layer(X)
     assert len(calls) == 2
-
-
-def test_disabled_does_nothing(monkeypatch):
-    layer = model()[0]
-    checksums = counting_checksums(monkeypatch)
-    with torch.no_grad(), quant_inference_mode(layer, enabled=False):
-        layer(X)
-        layer(X)
-    assert len(checksums) == 2 and "_quant_inference_depth" not in vars(layer)
 
 
 def test_nested_contexts_restore_the_outer_one():
